@@ -1,0 +1,16 @@
+//! The typed tensor DSL. A [`GraphBuilder`] records ops into an IR [`Graph`]; every op checks
+//! its operands and computes its result type when it is recorded, so an ill-typed node never
+//! enters the graph. Errors name the op, the operand types, the scope path and the caller's
+//! source location (`#[track_caller]`).
+
+mod builder;
+mod error;
+mod tensor;
+
+pub use crate::ir::ops::{
+    Direction, DotDims, GatherDims, ReduceKind, ReplicaGroups, ScatterCombiner, ScatterDims,
+};
+pub use crate::ir::{ArrayType, DType, Graph, Literal, Type};
+pub use builder::{GraphBuilder, ScopeGuard, TupleValue};
+pub use error::OpError;
+pub use tensor::Tensor;

@@ -1,0 +1,192 @@
+//! Module-wide emission state: one id counter for computations and instructions, module-unique
+//! names, and the cache of generated sub-computations (reducers, combiners).
+
+use super::shape_proto;
+use crate::ir::{ArrayType, DType, Literal, Type};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use xla_proto::{HloComputationProto, HloInstructionProto, ProgramShapeProto};
+
+#[derive(Default)]
+pub struct ModuleEmitter {
+    next_id: i64,
+    names: HashSet<String>,
+    /// Finished computations, callees first.
+    pub(crate) computations: Vec<HloComputationProto>,
+    subcomputations: BTreeMap<String, i64>,
+}
+
+impl ModuleEmitter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn fresh_id(&mut self) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Reserves `base`, or `base.N` when taken: instruction names are module-global in XLA.
+    fn unique_name(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut n = 1;
+        while !self.names.insert(name.clone()) {
+            name = format!("{base}.{n}");
+            n += 1;
+        }
+        name
+    }
+
+    pub fn begin(&mut self, name: &str) -> CompEmitter<'_> {
+        let id = self.fresh_id();
+        let name = self.unique_name(name);
+        CompEmitter {
+            m: self,
+            name,
+            id,
+            instrs: Vec::new(),
+            params: BTreeMap::new(),
+            types: HashMap::new(),
+        }
+    }
+
+    /// Returns the id of the cached sub-computation `key`, building it on first use. Building
+    /// a callee finishes it before its caller, which keeps computations callee-first.
+    pub fn subcomputation(
+        &mut self,
+        key: &str,
+        build: impl FnOnce(&mut CompEmitter<'_>) -> i64,
+    ) -> i64 {
+        if let Some(&id) = self.subcomputations.get(key) {
+            return id;
+        }
+        let mut c = self.begin(key);
+        let root = build(&mut c);
+        let id = c.finish(root);
+        self.subcomputations.insert(key.to_string(), id);
+        id
+    }
+
+    pub fn into_computations(self) -> Vec<HloComputationProto> {
+        self.computations
+    }
+}
+
+pub struct CompEmitter<'m> {
+    m: &'m mut ModuleEmitter,
+    name: String,
+    id: i64,
+    instrs: Vec<HloInstructionProto>,
+    params: BTreeMap<i64, (String, xla_proto::ShapeProto)>,
+    types: HashMap<i64, Type>,
+}
+
+impl CompEmitter<'_> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn module(&mut self) -> &mut ModuleEmitter {
+        self.m
+    }
+
+    pub fn parameter(&mut self, number: i64, name: &str, ty: &Type) -> i64 {
+        let full = format!("{}.{}", self.name, name);
+        let id = self.push("parameter", ty, &[], Some(full.clone()), |i| {
+            i.parameter_number = number
+        });
+        self.params.insert(number, (full, shape_proto(ty)));
+        id
+    }
+
+    /// Emits one instruction named `<opcode>.<id>` and returns its id.
+    pub fn emit(
+        &mut self,
+        opcode: &'static str,
+        ty: &Type,
+        operands: &[i64],
+        fill: impl FnOnce(&mut HloInstructionProto),
+    ) -> i64 {
+        self.push(opcode, ty, operands, None, fill)
+    }
+
+    fn push(
+        &mut self,
+        opcode: &'static str,
+        ty: &Type,
+        operands: &[i64],
+        name: Option<String>,
+        fill: impl FnOnce(&mut HloInstructionProto),
+    ) -> i64 {
+        let id = self.m.fresh_id();
+        let base = name.unwrap_or_else(|| format!("{}.{id}", opcode.replace('-', "_")));
+        let mut instr = HloInstructionProto {
+            name: self.m.unique_name(&base),
+            opcode: opcode.to_string(),
+            shape: Some(shape_proto(ty)),
+            id,
+            operand_ids: operands.to_vec(),
+            ..Default::default()
+        };
+        fill(&mut instr);
+        self.instrs.push(instr);
+        self.types.insert(id, ty.clone());
+        id
+    }
+
+    pub fn type_of(&self, id: i64) -> &Type {
+        &self.types[&id]
+    }
+
+    pub fn constant(&mut self, lit: &Literal) -> i64 {
+        let proto = lit.to_proto();
+        self.emit("constant", &Type::Array(lit.ty.clone()), &[], |i| {
+            i.literal = Some(proto)
+        })
+    }
+
+    pub fn scalar(&mut self, dtype: DType, value: f64) -> i64 {
+        self.constant(&Literal::scalar(dtype, value))
+    }
+
+    /// Instructions emitted since `start` (an index into this computation's list), so the
+    /// lowering can stamp one IR node's metadata on every instruction it produced.
+    pub fn instructions_from(&mut self, start: usize) -> &mut [HloInstructionProto] {
+        &mut self.instrs[start..]
+    }
+
+    pub fn instruction_count(&self) -> usize {
+        self.instrs.len()
+    }
+
+    /// Closes the computation with `root` and returns its id.
+    pub fn finish(self, root: i64) -> i64 {
+        let root_ty = self.types[&root].clone();
+        // XLA prints a computation's signature with its parameter instructions' names.
+        let (names, shapes): (Vec<String>, Vec<_>) = self.params.into_values().unzip();
+        let comp = HloComputationProto {
+            name: self.name,
+            instructions: self.instrs,
+            program_shape: Some(ProgramShapeProto {
+                parameters: shapes,
+                result: Some(shape_proto(&root_ty)),
+                parameter_names: names,
+            }),
+            id: self.id,
+            root_id: root,
+        };
+        self.m.computations.push(comp);
+        self.id
+    }
+}
+
+/// Builds the scalar computation `(T[], T[]) -> T[]` applying `opcode`; cached per (op, dtype).
+pub fn binary_scalar_computation(m: &mut ModuleEmitter, opcode: &'static str, dtype: DType) -> i64 {
+    let key = format!("{}_{}", opcode.replace('-', "_"), dtype);
+    m.subcomputation(&key, |c| {
+        let t = Type::Array(ArrayType::scalar(dtype));
+        let lhs = c.parameter(0, "lhs", &t);
+        let rhs = c.parameter(1, "rhs", &t);
+        c.emit(opcode, &t, &[lhs, rhs], |_| {})
+    })
+}

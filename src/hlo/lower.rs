@@ -1,0 +1,130 @@
+//! Graph → `HloModuleProto`. Module-level policy lives here (entry signature, root tuple,
+//! aliasing, metadata, Neuron I/O names); per-op emission lives with each op in `ir::ops`.
+
+use super::emit::ModuleEmitter;
+use super::shape_proto;
+use crate::ir::{verify, Graph, Op, Type, VerifyErrors};
+use std::collections::HashMap;
+use xla_proto::{
+    hlo_input_output_alias_proto::AliasEntryProto, FrontendAttributes, HloInputOutputAliasProto,
+    HloModuleProto, Kind, OpMetadata, ProgramShapeProto,
+};
+
+#[derive(Clone, Debug)]
+pub struct LowerOptions {
+    /// Stamp `neff_input_names` / `neff_output_names` frontend attributes on the parameters and
+    /// the root tuple, as Neuron's tooling does, so NEFF I/O tensors have stable names.
+    pub neff_io_names: bool,
+    /// Emit `OpMetadata` (scope path and Rust source location) on every instruction.
+    pub metadata: bool,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions {
+            neff_io_names: true,
+            metadata: true,
+        }
+    }
+}
+
+/// Verifies `g` and lowers it. The entry computation is `main`; its root is always a tuple of
+/// the graph outputs, so output `k` of the module is tuple element `{k}`.
+pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErrors> {
+    verify(g)?;
+    let mut m = ModuleEmitter::new();
+    let mut entry = m.begin("main");
+    let mut values: HashMap<_, i64> = HashMap::new();
+    let mut param_shapes = Vec::new();
+    let mut param_names = Vec::new();
+
+    for n in g.topo_order() {
+        let node = g.node(n);
+        let operands: Vec<i64> = g.operands(n).iter().map(|o| values[o]).collect();
+        let start = entry.instruction_count();
+        let id = node.op.lower(&mut entry, &operands, &node.ty);
+        let p = &node.provenance;
+        let metadata = opts.metadata.then(|| OpMetadata {
+            op_type: node.op.name().to_string(),
+            op_name: if p.scope.is_empty() {
+                node.op.name().to_string()
+            } else {
+                format!("{}/{}", p.scope, node.op.name())
+            },
+            source_file: p.file.to_string(),
+            source_line: p.line as i32,
+            ..Default::default()
+        });
+        for instr in entry.instructions_from(start) {
+            instr.metadata = metadata.clone();
+        }
+        if let Op::Parameter(param) = &node.op {
+            param_shapes.push((param.number, shape_proto(&node.ty), param.name.clone()));
+            if opts.neff_io_names {
+                let instr = entry.instructions_from(start).last_mut().expect("parameter emitted");
+                instr.frontend_attributes = Some(attrs([(
+                    "neff_input_names",
+                    format!("input{}", param.number),
+                )]));
+            }
+        }
+        values.insert(n, id);
+    }
+
+    let out_types: Vec<_> = g
+        .outputs
+        .iter()
+        .map(|o| g.node(*o).ty.as_array().expect("verified: outputs are arrays").clone())
+        .collect();
+    let out_ids: Vec<i64> = g.outputs.iter().map(|o| values[o]).collect();
+    let root_ty = Type::Tuple(out_types);
+    let root = entry.emit("tuple", &root_ty, &out_ids, |i| {
+        if opts.neff_io_names {
+            let names: Vec<String> = (0..out_ids.len()).map(|k| format!("output{k}")).collect();
+            i.frontend_attributes = Some(attrs([("neff_output_names", names.join(","))]));
+        }
+    });
+    let entry_id = entry.finish(root);
+
+    param_shapes.sort_by_key(|(number, _, _)| *number);
+    for (_, shape, name) in param_shapes.drain(..) {
+        param_names.push((shape, name));
+    }
+    let (parameters, parameter_names): (Vec<_>, Vec<_>) = param_names.into_iter().unzip();
+
+    let input_output_alias = (!g.aliases.is_empty()).then(|| HloInputOutputAliasProto {
+        entries: g
+            .aliases
+            .iter()
+            .map(|a| AliasEntryProto {
+                output_shape_index: vec![a.output as i64],
+                parameter_number: a.parameter,
+                parameter_shape_index: vec![],
+                kind: Kind::MayAlias as i32,
+            })
+            .collect(),
+    });
+
+    Ok(HloModuleProto {
+        name: g.name.clone(),
+        entry_computation_name: "main".to_string(),
+        entry_computation_id: entry_id,
+        computations: m.into_computations(),
+        host_program_shape: Some(ProgramShapeProto {
+            parameters,
+            result: Some(shape_proto(&root_ty)),
+            parameter_names,
+        }),
+        input_output_alias,
+        frontend_attributes: (!g.attributes.is_empty()).then(|| FrontendAttributes {
+            map: g.attributes.clone().into_iter().collect(),
+        }),
+        ..Default::default()
+    })
+}
+
+fn attrs<const N: usize>(pairs: [(&str, String); N]) -> FrontendAttributes {
+    FrontendAttributes {
+        map: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    }
+}

@@ -1,0 +1,220 @@
+//! The IR graph: a petgraph `StableGraph` of plain-data nodes. Edges run operand → user and
+//! carry the operand position. Ids are newtypes so petgraph never leaks into the public API.
+
+use super::ops::Op;
+use super::types::Type;
+use petgraph::stable_graph::{NodeIndex, StableGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::fmt;
+
+/// A value in the IR. Printed as `%N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(NodeIndex<u32>);
+
+impl NodeId {
+    pub fn index(self) -> usize {
+        self.0.index()
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0.index())
+    }
+}
+
+/// Where a node was recorded: the model scope and the Rust source location. These become the
+/// HLO `OpMetadata`, so compiler logs point back to our code.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Provenance {
+    pub scope: String,
+    pub file: &'static str,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for Provenance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scope = if self.scope.is_empty() { "<root>" } else { &self.scope };
+        write!(f, "{scope} ({}:{}:{})", self.file, self.line, self.column)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Node {
+    pub op: Op,
+    pub ty: Type,
+    pub provenance: Provenance,
+}
+
+/// Output `output` (an index into the root tuple) reuses the buffer of parameter `parameter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Alias {
+    pub output: usize,
+    pub parameter: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub name: String,
+    g: StableGraph<Node, u32>,
+    /// Insertion sequence per node: the tie-breaker that makes the topological order stable.
+    seq: HashMap<NodeIndex<u32>, u64>,
+    next_seq: u64,
+    pub outputs: Vec<NodeId>,
+    pub aliases: Vec<Alias>,
+    /// Module-level frontend attributes (sorted, so emission is deterministic).
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>) -> Self {
+        Graph {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a node without checking its type. The DSL calls this only after the op's shape rule
+    /// accepted the operands; tests use it to build deliberately broken graphs for the verifier.
+    pub fn add_node_unchecked(&mut self, node: Node, operands: &[NodeId]) -> NodeId {
+        let idx = self.g.add_node(node);
+        for (pos, op) in operands.iter().enumerate() {
+            self.g.add_edge(op.0, idx, pos as u32);
+        }
+        self.seq.insert(idx, self.next_seq);
+        self.next_seq += 1;
+        NodeId(idx)
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.g[id.0]
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.g.contains_node(id.0)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.g.node_count()
+    }
+
+    /// Operands in operand order.
+    pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
+        let mut edges: Vec<(u32, NodeId)> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| (*e.weight(), NodeId(e.source())))
+            .collect();
+        edges.sort();
+        edges.into_iter().map(|(_, n)| n).collect()
+    }
+
+    pub fn operand_positions(&self, id: NodeId) -> Vec<u32> {
+        let mut pos: Vec<u32> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| *e.weight())
+            .collect();
+        pos.sort();
+        pos
+    }
+
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        let mut users: Vec<NodeId> = self
+            .g
+            .neighbors_directed(id.0, Direction::Outgoing)
+            .map(NodeId)
+            .collect();
+        users.sort_by_key(|u| self.seq[&u.0]);
+        users.dedup();
+        users
+    }
+
+    /// Every node, in insertion order.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.g.node_indices().map(NodeId).collect();
+        ids.sort_by_key(|n| self.seq[&n.0]);
+        ids
+    }
+
+    /// Parameters sorted by parameter number.
+    pub fn parameters(&self) -> Vec<NodeId> {
+        let mut params: Vec<(i64, NodeId)> = self
+            .node_ids()
+            .into_iter()
+            .filter_map(|n| match &self.node(n).op {
+                Op::Parameter(p) => Some((p.number, n)),
+                _ => None,
+            })
+            .collect();
+        params.sort();
+        params.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Kahn's algorithm with ready nodes taken in insertion order: deterministic, and equal to
+    /// insertion order for graphs the DSL records. Nodes on a cycle are left out, and the
+    /// verifier reports them.
+    pub fn topo_order(&self) -> Vec<NodeId> {
+        let mut indegree: HashMap<NodeIndex<u32>, usize> = HashMap::new();
+        let mut ready = BinaryHeap::new();
+        for n in self.g.node_indices() {
+            let d = self.g.edges_directed(n, Direction::Incoming).count();
+            indegree.insert(n, d);
+            if d == 0 {
+                ready.push(Reverse((self.seq[&n], n)));
+            }
+        }
+        let mut order = Vec::with_capacity(self.g.node_count());
+        while let Some(Reverse((_, n))) = ready.pop() {
+            order.push(NodeId(n));
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let d = indegree.get_mut(&e.target()).expect("edge target is a node");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(Reverse((self.seq[&e.target()], e.target())));
+                }
+            }
+        }
+        order
+    }
+
+    /// Points every use of `old` (operands, outputs) at `new`, then removes `old`.
+    pub fn replace_and_remove(&mut self, old: NodeId, new: NodeId) {
+        let uses: Vec<(NodeIndex<u32>, u32)> = self
+            .g
+            .edges_directed(old.0, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight()))
+            .collect();
+        for (user, pos) in uses {
+            self.g.add_edge(new.0, user, pos);
+        }
+        for o in &mut self.outputs {
+            if *o == old {
+                *o = new;
+            }
+        }
+        self.remove(old);
+    }
+
+    pub fn remove(&mut self, id: NodeId) {
+        self.g.remove_node(id.0);
+        self.seq.remove(&id.0);
+    }
+
+    /// One-line rendering used in verifier messages: `%5 = f32[2] add(%3, %4) at <provenance>`.
+    pub fn render(&self, id: NodeId) -> String {
+        let n = self.node(id);
+        let ops: Vec<String> = self.operands(id).iter().map(|o| o.to_string()).collect();
+        format!(
+            "{id} = {} {}({}) at {}",
+            n.ty,
+            n.op.name(),
+            ops.join(", "),
+            n.provenance
+        )
+    }
+}

@@ -1,0 +1,17 @@
+//! The intermediate representation: typed plain-data nodes on a petgraph `StableGraph`, a
+//! verifier that reports every error at once, and small composable passes.
+
+pub mod error;
+pub mod graph;
+pub mod literal;
+pub mod ops;
+pub mod passes;
+pub mod types;
+pub mod verify;
+
+pub use error::ShapeError;
+pub use graph::{Alias, Graph, Node, NodeId, Provenance};
+pub use literal::Literal;
+pub use ops::Op;
+pub use types::{ArrayType, DType, Type};
+pub use verify::{verify, VerifyError, VerifyErrors};

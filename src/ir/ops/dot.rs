@@ -1,0 +1,106 @@
+//! `dot` with general dimension numbers.
+
+use super::{all_distinct_in_range, array, expect_arity, OpRule};
+use crate::hlo::emit::CompEmitter;
+use crate::ir::error::ShapeError;
+use crate::ir::types::{DType, Type};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DotDims {
+    pub lhs_batch: Vec<i64>,
+    pub rhs_batch: Vec<i64>,
+    pub lhs_contracting: Vec<i64>,
+    pub rhs_contracting: Vec<i64>,
+}
+
+/// Output dims are: batch dims (in `lhs_batch` order), lhs free dims, rhs free dims.
+/// `out` is the result element type; it may be wider than the operands' (bf16 · bf16 → f32),
+/// which XLA treats as the preferred element type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dot {
+    pub dims: DotDims,
+    pub out: DType,
+}
+
+impl OpRule for Dot {
+    fn name(&self) -> &'static str {
+        "dot"
+    }
+    fn infer(&self, operands: &[&Type]) -> Result<Type, ShapeError> {
+        expect_arity(operands, 2)?;
+        let (l, r) = (array(operands, 0)?, array(operands, 1)?);
+        let d = &self.dims;
+        let bad = |reason: String| ShapeError::BadDotDims { reason };
+        if l.dtype != r.dtype {
+            return Err(ShapeError::DTypeMismatch {
+                what: "rhs",
+                expected: l.dtype,
+                got: r.dtype,
+            });
+        }
+        if l.dtype == DType::Pred || (self.out != l.dtype && !(l.dtype.is_float() && self.out.is_float())) {
+            return Err(ShapeError::DTypeNotAllowed {
+                what: "dot result",
+                dtype: self.out,
+            });
+        }
+        if d.lhs_batch.len() != d.rhs_batch.len() {
+            return Err(bad(format!(
+                "lhs has {} batch dims, rhs has {}",
+                d.lhs_batch.len(),
+                d.rhs_batch.len()
+            )));
+        }
+        if d.lhs_contracting.len() != d.rhs_contracting.len() {
+            return Err(bad(format!(
+                "lhs has {} contracting dims, rhs has {}",
+                d.lhs_contracting.len(),
+                d.rhs_contracting.len()
+            )));
+        }
+        for (side, t, batch, contract) in [
+            ("lhs", l, &d.lhs_batch, &d.lhs_contracting),
+            ("rhs", r, &d.rhs_batch, &d.rhs_contracting),
+        ] {
+            let all: Vec<i64> = batch.iter().chain(contract.iter()).copied().collect();
+            if !all_distinct_in_range(&all, t.rank()) {
+                return Err(bad(format!(
+                    "{side} batch {batch:?} and contracting {contract:?} dims must be distinct dims of {t}"
+                )));
+            }
+        }
+        for (pairs, kind) in [
+            ((&d.lhs_batch, &d.rhs_batch), "batch"),
+            ((&d.lhs_contracting, &d.rhs_contracting), "contracting"),
+        ] {
+            for (&a, &b) in pairs.0.iter().zip(pairs.1.iter()) {
+                if l.dims[a as usize] != r.dims[b as usize] {
+                    return Err(bad(format!(
+                        "{kind} dimension sizes differ: lhs dim {a} = {}, rhs dim {b} = {}",
+                        l.dims[a as usize], r.dims[b as usize]
+                    )));
+                }
+            }
+        }
+        let free = |t: &crate::ir::ArrayType, batch: &[i64], contract: &[i64]| {
+            (0..t.rank() as i64)
+                .filter(|x| !batch.contains(x) && !contract.contains(x))
+                .map(|x| t.dims[x as usize])
+                .collect::<Vec<_>>()
+        };
+        let mut dims: Vec<i64> = d.lhs_batch.iter().map(|&b| l.dims[b as usize]).collect();
+        dims.extend(free(l, &d.lhs_batch, &d.lhs_contracting));
+        dims.extend(free(r, &d.rhs_batch, &d.rhs_contracting));
+        Ok(Type::Array(crate::ir::ArrayType::new(self.out, dims)))
+    }
+    fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
+        cx.emit("dot", ty, operands, |i| {
+            i.dot_dimension_numbers = Some(xla_proto::DotDimensionNumbers {
+                lhs_contracting_dimensions: self.dims.lhs_contracting.clone(),
+                rhs_contracting_dimensions: self.dims.rhs_contracting.clone(),
+                lhs_batch_dimensions: self.dims.lhs_batch.clone(),
+                rhs_batch_dimensions: self.dims.rhs_batch.clone(),
+            })
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Model definitions recorded with the DSL.
+
+pub mod phi3;

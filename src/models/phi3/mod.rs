@@ -1,0 +1,3 @@
+//! The Phi-3 family (Hugging Face `model_type: phi3`).
+
+pub mod config;

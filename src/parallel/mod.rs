@@ -1,0 +1,1 @@
+//! Tensor-parallel layers built from DSL primitives and explicit collectives.
