@@ -2,8 +2,13 @@
 
 use super::error::OpError;
 use super::tensor::Tensor;
-use crate::ir::ops::{Concatenate, Constant, CustomCall, GetTupleElement, Iota, Op, Parameter, Tuple};
-use crate::ir::{verify, Alias, ArrayType, DType, Graph, Literal, Node, NodeId, Provenance, ShapeError, Type, VerifyErrors};
+use crate::ir::ops::{
+    Concatenate, Constant, CustomCall, GetTupleElement, Iota, Op, Parameter, Tuple,
+};
+use crate::ir::{
+    verify, Alias, ArrayType, DType, Graph, Literal, Node, NodeId, Provenance, ShapeError, Type,
+    VerifyErrors,
+};
 use std::cell::RefCell;
 use std::panic::Location;
 use std::rc::Rc;
@@ -54,7 +59,10 @@ impl TupleValue {
     pub fn get(&self, index: usize) -> Result<Tensor, OpError> {
         let operand_ty = Type::Tuple(self.elems.clone());
         self.builder.record_raw(
-            GetTupleElement { index: index as i64 }.into(),
+            GetTupleElement {
+                index: index as i64,
+            }
+            .into(),
             &[(self.id, operand_ty)],
         )
     }
@@ -85,19 +93,23 @@ impl GraphBuilder {
         self.state.borrow().scopes.join("/")
     }
 
-    fn op_error(&self, op: &'static str, operands: Vec<Type>, error: ShapeError, location: &'static Location<'static>) -> OpError {
-        OpError {
-            op,
-            operands,
-            scope: self.scope_path(),
-            location,
-            error,
-        }
+    fn op_error(
+        &self,
+        op: &'static str,
+        operands: Vec<Type>,
+        error: ShapeError,
+        location: &'static Location<'static>,
+    ) -> OpError {
+        OpError::new(op, operands, self.scope_path(), location, error)
     }
 
     /// Type-checks `op` against its operands and, if it is well-typed, adds it to the graph.
     #[track_caller]
-    pub(crate) fn record_raw(&self, op: Op, operands: &[(NodeId, Type)]) -> Result<Tensor, OpError> {
+    pub(crate) fn record_raw(
+        &self,
+        op: Op,
+        operands: &[(NodeId, Type)],
+    ) -> Result<Tensor, OpError> {
         let location = Location::caller();
         let types: Vec<Type> = operands.iter().map(|(_, t)| t.clone()).collect();
         if self.state.borrow().finished {
@@ -115,21 +127,31 @@ impl GraphBuilder {
             column: location.column(),
         };
         let ids: Vec<NodeId> = operands.iter().map(|(id, _)| *id).collect();
-        let id = self
-            .state
-            .borrow_mut()
-            .graph
-            .add_node_unchecked(Node { op, ty: ty.clone(), provenance }, &ids);
+        let id = self.state.borrow_mut().graph.add_node_unchecked(
+            Node {
+                op,
+                ty: ty.clone(),
+                provenance,
+            },
+            &ids,
+        );
         Ok(Tensor::from_parts(id, ty, self.clone()))
     }
 
     #[track_caller]
-    pub(crate) fn record(&self, op: impl Into<Op>, operands: &[&Tensor]) -> Result<Tensor, OpError> {
+    pub(crate) fn record(
+        &self,
+        op: impl Into<Op>,
+        operands: &[&Tensor],
+    ) -> Result<Tensor, OpError> {
         let op = op.into();
         let mut raw = Vec::with_capacity(operands.len());
         for t in operands {
             if !Rc::ptr_eq(&t.builder.state, &self.state) {
-                let types = operands.iter().map(|t| Type::Array(t.ty().clone())).collect();
+                let types = operands
+                    .iter()
+                    .map(|t| Type::Array(t.ty().clone()))
+                    .collect();
                 let e = ShapeError::invalid("operand", "it was recorded by another graph builder");
                 return Err(self.op_error(op.name(), types, e, Location::caller()));
             }
@@ -140,7 +162,12 @@ impl GraphBuilder {
 
     /// Adds the next entry parameter. Parameters are numbered in the order they are created.
     #[track_caller]
-    pub fn parameter(&self, name: impl Into<String>, dtype: DType, dims: &[i64]) -> Result<Tensor, OpError> {
+    pub fn parameter(
+        &self,
+        name: impl Into<String>,
+        dtype: DType,
+        dims: &[i64],
+    ) -> Result<Tensor, OpError> {
         let number = self.state.borrow().next_param;
         let t = self.record(
             Parameter {
@@ -165,7 +192,12 @@ impl GraphBuilder {
     }
 
     #[track_caller]
-    pub fn constant_f64(&self, dtype: DType, dims: &[i64], values: &[f64]) -> Result<Tensor, OpError> {
+    pub fn constant_f64(
+        &self,
+        dtype: DType,
+        dims: &[i64],
+        values: &[f64],
+    ) -> Result<Tensor, OpError> {
         self.constant(Literal::from_f64(dtype, dims, values))
     }
 
@@ -195,11 +227,19 @@ impl GraphBuilder {
     fn record_tuple(&self, elems: &[&Tensor]) -> Result<TupleValue, OpError> {
         let location = Location::caller();
         let types: Vec<ArrayType> = elems.iter().map(|t| t.ty().clone()).collect();
-        let raw: Vec<(NodeId, Type)> = elems.iter().map(|t| (t.id(), Type::Array(t.ty().clone()))).collect();
+        let raw: Vec<(NodeId, Type)> = elems
+            .iter()
+            .map(|t| (t.id(), Type::Array(t.ty().clone())))
+            .collect();
         let refs: Vec<&Type> = raw.iter().map(|(_, t)| t).collect();
-        let ty = Tuple
-            .infer_checked(&refs)
-            .map_err(|e| self.op_error("tuple", raw.iter().map(|(_, t)| t.clone()).collect(), e, location))?;
+        let ty = Tuple.infer_checked(&refs).map_err(|e| {
+            self.op_error(
+                "tuple",
+                raw.iter().map(|(_, t)| t.clone()).collect(),
+                e,
+                location,
+            )
+        })?;
         let provenance = Provenance {
             scope: self.scope_path(),
             file: location.file(),
@@ -250,16 +290,32 @@ impl GraphBuilder {
             _ => None,
         };
         let Some(parameter) = number else {
-            let e = ShapeError::invalid("alias", format!("output {output} can only alias a parameter"));
-            return Err(self.op_error("input_output_alias", vec![Type::Array(param.ty().clone())], e, Location::caller()));
+            let e = ShapeError::invalid(
+                "alias",
+                format!("output {output} can only alias a parameter"),
+            );
+            return Err(self.op_error(
+                "input_output_alias",
+                vec![Type::Array(param.ty().clone())],
+                e,
+                Location::caller(),
+            ));
         };
-        self.state.borrow_mut().graph.aliases.push(Alias { output, parameter });
+        self.state
+            .borrow_mut()
+            .graph
+            .aliases
+            .push(Alias { output, parameter });
         Ok(())
     }
 
     /// Sets a module-level frontend attribute.
     pub fn set_attribute(&self, key: impl Into<String>, value: impl Into<String>) {
-        self.state.borrow_mut().graph.attributes.insert(key.into(), value.into());
+        self.state
+            .borrow_mut()
+            .graph
+            .attributes
+            .insert(key.into(), value.into());
     }
 
     /// Ends recording with `outputs` (the root tuple, in order) and verifies the graph.

@@ -3,15 +3,45 @@
 
 use crate::ir::{ShapeError, Type};
 use std::fmt;
+use std::ops::Deref;
 use std::panic::Location;
 
+/// A rejected op. Boxed so the `Ok` path of every DSL call stays small.
 #[derive(Clone, Debug, PartialEq)]
-pub struct OpError {
+pub struct OpError(Box<OpErrorDetail>);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpErrorDetail {
     pub op: &'static str,
     pub operands: Vec<Type>,
     pub scope: String,
     pub location: &'static Location<'static>,
     pub error: ShapeError,
+}
+
+impl OpError {
+    pub fn new(
+        op: &'static str,
+        operands: Vec<Type>,
+        scope: String,
+        location: &'static Location<'static>,
+        error: ShapeError,
+    ) -> Self {
+        OpError(Box::new(OpErrorDetail {
+            op,
+            operands,
+            scope,
+            location,
+            error,
+        }))
+    }
+}
+
+impl Deref for OpError {
+    type Target = OpErrorDetail;
+    fn deref(&self) -> &OpErrorDetail {
+        &self.0
+    }
 }
 
 impl fmt::Display for OpError {

@@ -12,5 +12,5 @@ pub use crate::ir::ops::{
 };
 pub use crate::ir::{ArrayType, DType, Graph, Literal, Type};
 pub use builder::{GraphBuilder, ScopeGuard, TupleValue};
-pub use error::OpError;
+pub use error::{OpError, OpErrorDetail};
 pub use tensor::Tensor;

@@ -73,13 +73,13 @@ impl Tensor {
 
     #[track_caller]
     fn error(&self, op: &'static str, operands: &[&Tensor], error: ShapeError) -> OpError {
-        OpError {
+        OpError::new(
             op,
-            operands: operands.iter().map(|t| Type::Array(t.ty.clone())).collect(),
-            scope: self.builder.scope_path(),
-            location: Location::caller(),
+            operands.iter().map(|t| Type::Array(t.ty.clone())).collect(),
+            self.builder.scope_path(),
+            Location::caller(),
             error,
-        }
+        )
     }
 
     // ---- Elementwise ----
@@ -207,8 +207,14 @@ impl Tensor {
     /// `select(self, on_true, on_false)` on a `pred` tensor; all three broadcast together.
     #[track_caller]
     pub fn select(&self, on_true: &Tensor, on_false: &Tensor) -> R {
-        let dims = broadcast_dims(&[self.dims(), on_true.dims(), on_false.dims()])
-            .map_err(|reason| self.error("select", &[self, on_true, on_false], bad_broadcast(self, on_true, reason)))?;
+        let dims =
+            broadcast_dims(&[self.dims(), on_true.dims(), on_false.dims()]).map_err(|reason| {
+                self.error(
+                    "select",
+                    &[self, on_true, on_false],
+                    bad_broadcast(self, on_true, reason),
+                )
+            })?;
         let p = self.broadcast_to(&dims)?;
         let t = on_true.broadcast_to(&dims)?;
         let f = on_false.broadcast_to(&dims)?;
@@ -236,12 +242,22 @@ impl Tensor {
         if dims == self.dims() {
             return Ok(self.clone());
         }
-        self.builder.record(Reshape { dims: dims.to_vec() }, &[self])
+        self.builder.record(
+            Reshape {
+                dims: dims.to_vec(),
+            },
+            &[self],
+        )
     }
 
     #[track_caller]
     pub fn transpose(&self, perm: &[i64]) -> R {
-        self.builder.record(Transpose { perm: perm.to_vec() }, &[self])
+        self.builder.record(
+            Transpose {
+                perm: perm.to_vec(),
+            },
+            &[self],
+        )
     }
 
     /// HLO `broadcast`: operand dim `i` becomes output dim `mapping[i]`.
@@ -268,7 +284,11 @@ impl Tensor {
         }
         let (r, rank) = (self.rank(), dims.len());
         if r > rank {
-            return Err(self.error("broadcast", &[self], bad_broadcast_to(self, dims, "target has lower rank")));
+            return Err(self.error(
+                "broadcast",
+                &[self],
+                bad_broadcast_to(self, dims, "target has lower rank"),
+            ));
         }
         let offset = rank - r;
         let mut kept_dims = Vec::new();
@@ -280,7 +300,11 @@ impl Tensor {
                 mapping.push((offset + i) as i64);
             } else if d != 1 {
                 let reason = format!("dim {i} has size {d}, target has {t}");
-                return Err(self.error("broadcast", &[self], bad_broadcast_to(self, dims, &reason)));
+                return Err(self.error(
+                    "broadcast",
+                    &[self],
+                    bad_broadcast_to(self, dims, &reason),
+                ));
             }
         }
         self.reshape(&kept_dims)?.broadcast_in_dim(dims, &mapping)
@@ -315,7 +339,14 @@ impl Tensor {
         let mut starts = vec![0; self.rank()];
         let mut limits = self.dims().to_vec();
         if d >= self.rank() {
-            return Err(self.error("slice", &[self], ShapeError::DimOutOfRange { dim, rank: self.rank() }));
+            return Err(self.error(
+                "slice",
+                &[self],
+                ShapeError::DimOutOfRange {
+                    dim,
+                    rank: self.rank(),
+                },
+            ));
         }
         starts[d] = start;
         limits[d] = limit;
@@ -346,7 +377,12 @@ impl Tensor {
     pub fn dynamic_slice(&self, starts: &[&Tensor], sizes: &[i64]) -> R {
         let mut ops = vec![self];
         ops.extend_from_slice(starts);
-        self.builder.record(DynamicSlice { sizes: sizes.to_vec() }, &ops)
+        self.builder.record(
+            DynamicSlice {
+                sizes: sizes.to_vec(),
+            },
+            &ops,
+        )
     }
 
     #[track_caller]
@@ -392,7 +428,13 @@ impl Tensor {
     }
 
     #[track_caller]
-    pub fn scatter(&self, indices: &Tensor, updates: &Tensor, dims: ScatterDims, combiner: ScatterCombiner) -> R {
+    pub fn scatter(
+        &self,
+        indices: &Tensor,
+        updates: &Tensor,
+        dims: ScatterDims,
+        combiner: ScatterCombiner,
+    ) -> R {
         self.builder.record(
             Scatter {
                 dims,
@@ -408,7 +450,13 @@ impl Tensor {
 
     #[track_caller]
     pub fn dot_general(&self, rhs: &Tensor, dims: DotDims) -> R {
-        self.builder.record(Dot { dims, out: self.dtype() }, &[self, rhs])
+        self.builder.record(
+            Dot {
+                dims,
+                out: self.dtype(),
+            },
+            &[self, rhs],
+        )
     }
 
     /// `dot_general` with a wider result type (e.g. bf16 operands, f32 result).

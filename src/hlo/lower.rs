@@ -61,7 +61,10 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
         if let Op::Parameter(param) = &node.op {
             param_shapes.push((param.number, shape_proto(&node.ty), param.name.clone()));
             if opts.neff_io_names {
-                let instr = entry.instructions_from(start).last_mut().expect("parameter emitted");
+                let instr = entry
+                    .instructions_from(start)
+                    .last_mut()
+                    .expect("parameter emitted");
                 instr.frontend_attributes = Some(attrs([(
                     "neff_input_names",
                     format!("input{}", param.number),
@@ -74,7 +77,13 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
     let out_types: Vec<_> = g
         .outputs
         .iter()
-        .map(|o| g.node(*o).ty.as_array().expect("verified: outputs are arrays").clone())
+        .map(|o| {
+            g.node(*o)
+                .ty
+                .as_array()
+                .expect("verified: outputs are arrays")
+                .clone()
+        })
         .collect();
     let out_ids: Vec<i64> = g.outputs.iter().map(|o| values[o]).collect();
     let root_ty = Type::Tuple(out_types);

@@ -26,7 +26,11 @@ pub fn element_type_name(t: i32) -> String {
 /// `f32[2,3]{1,0}` (with layout) or `f32[2,3]` (without); tuples as `(a, b)`.
 pub fn shape_text(s: &ShapeProto, with_layout: bool) -> String {
     if s.element_type == PrimitiveType::Tuple as i32 {
-        let parts: Vec<String> = s.tuple_shapes.iter().map(|t| shape_text(t, with_layout)).collect();
+        let parts: Vec<String> = s
+            .tuple_shapes
+            .iter()
+            .map(|t| shape_text(t, with_layout))
+            .collect();
         return format!("({})", parts.join(", "));
     }
     let dims: Vec<String> = s.dimensions.iter().map(|d| d.to_string()).collect();
@@ -56,7 +60,11 @@ fn format_g(v: f64, p: usize) -> String {
         return if v < 0.0 { "-inf".into() } else { "inf".into() };
     }
     if v == 0.0 {
-        return if v.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if v.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     let sci = format!("{:.*e}", p - 1, v);
     let (mantissa, exp) = sci.split_once('e').expect("exponent form");
@@ -78,7 +86,12 @@ fn format_g(v: f64, p: usize) -> String {
 }
 
 /// The shortest of XLA's two precisions (digits10, then max_digits10) that round-trips.
-fn format_float(v: f64, digits10: usize, max_digits10: usize, round_trips: impl Fn(&str) -> bool) -> String {
+fn format_float(
+    v: f64,
+    digits10: usize,
+    max_digits10: usize,
+    round_trips: impl Fn(&str) -> bool,
+) -> String {
     let short = format_g(v, digits10);
     if round_trips(&short) {
         short
@@ -100,25 +113,37 @@ fn literal_elements(l: &LiteralProto, ty: i32) -> Vec<String> {
         Ok(PrimitiveType::F32) => l
             .f32s
             .iter()
-            .map(|&v| format_float(v as f64, 6, 9, |s| s.parse::<f32>().ok() == Some(v) || v.is_nan()))
+            .map(|&v| {
+                format_float(v as f64, 6, 9, |s| {
+                    s.parse::<f32>().ok() == Some(v) || v.is_nan()
+                })
+            })
             .collect(),
         Ok(PrimitiveType::F64) => l
             .f64s
             .iter()
-            .map(|&v| format_float(v, 15, 17, |s| s.parse::<f64>().ok() == Some(v) || v.is_nan()))
+            .map(|&v| {
+                format_float(v, 15, 17, |s| {
+                    s.parse::<f64>().ok() == Some(v) || v.is_nan()
+                })
+            })
             .collect(),
         Ok(PrimitiveType::F16) => halves(&l.f16s)
             .into_iter()
             .map(|b| {
                 let v = f16::from_le_bytes(b);
-                format_float(v.to_f64(), 3, 5, |s| s.parse::<f32>().map(f16::from_f32).ok() == Some(v))
+                format_float(v.to_f64(), 3, 5, |s| {
+                    s.parse::<f32>().map(f16::from_f32).ok() == Some(v)
+                })
             })
             .collect(),
         Ok(PrimitiveType::Bf16) => halves(&l.bf16s)
             .into_iter()
             .map(|b| {
                 let v = bf16::from_le_bytes(b);
-                format_float(v.to_f64(), 2, 4, |s| s.parse::<f32>().map(bf16::from_f32).ok() == Some(v))
+                format_float(v.to_f64(), 2, 4, |s| {
+                    s.parse::<f32>().map(bf16::from_f32).ok() == Some(v)
+                })
             })
             .collect(),
         _ => vec!["?".into()],
@@ -142,7 +167,11 @@ pub fn literal_text(l: &LiteralProto) -> String {
         let parts: Vec<String> = (0..dims[0] as usize)
             .map(|i| nest(&elems[i * stride..(i + 1) * stride], &dims[1..]))
             .collect();
-        let inner = parts.iter().map(|p| format!(" {p}")).collect::<Vec<_>>().join(",");
+        let inner = parts
+            .iter()
+            .map(|p| format!(" {p}"))
+            .collect::<Vec<_>>()
+            .join(",");
         format!("{{{inner} }}")
     }
     if elems.len() as i64 != shape.dimensions.iter().product::<i64>() {
@@ -165,7 +194,11 @@ fn escape(s: &str) -> String {
 }
 
 fn replica_groups(i: &HloInstructionProto) -> String {
-    let groups: Vec<String> = i.replica_groups.iter().map(|g| list(&g.replica_ids)).collect();
+    let groups: Vec<String> = i
+        .replica_groups
+        .iter()
+        .map(|g| list(&g.replica_ids))
+        .collect();
     format!("replica_groups={{{}}}", groups.join(","))
 }
 
@@ -179,7 +212,10 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
         a.push(replica_groups(i));
     };
     match i.opcode.as_str() {
-        "iota" => a.push(format!("iota_dimension={}", i.dimensions.first().copied().unwrap_or(0))),
+        "iota" => a.push(format!(
+            "iota_dimension={}",
+            i.dimensions.first().copied().unwrap_or(0)
+        )),
         "transpose" | "broadcast" | "reduce" | "concatenate" | "reverse" => {
             a.push(format!("dimensions={}", list(&i.dimensions)))
         }
@@ -197,7 +233,10 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
                 .collect();
             a.push(format!("slice={{{}}}", parts.join(", ")));
         }
-        "dynamic-slice" => a.push(format!("dynamic_slice_sizes={}", list(&i.dynamic_slice_sizes))),
+        "dynamic-slice" => a.push(format!(
+            "dynamic_slice_sizes={}",
+            list(&i.dynamic_slice_sizes)
+        )),
         "pad" => {
             if let Some(p) = &i.padding_config {
                 let dims: Vec<String> = p
@@ -231,7 +270,10 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
         "gather" => {
             if let Some(d) = &i.gather_dimension_numbers {
                 a.push(format!("offset_dims={}", list(&d.offset_dims)));
-                a.push(format!("collapsed_slice_dims={}", list(&d.collapsed_slice_dims)));
+                a.push(format!(
+                    "collapsed_slice_dims={}",
+                    list(&d.collapsed_slice_dims)
+                ));
                 a.push(format!("start_index_map={}", list(&d.start_index_map)));
                 a.push(format!("index_vector_dim={}", d.index_vector_dim));
             }
@@ -242,8 +284,14 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
         }
         "scatter" => {
             if let Some(d) = &i.scatter_dimension_numbers {
-                a.push(format!("update_window_dims={}", list(&d.update_window_dims)));
-                a.push(format!("inserted_window_dims={}", list(&d.inserted_window_dims)));
+                a.push(format!(
+                    "update_window_dims={}",
+                    list(&d.update_window_dims)
+                ));
+                a.push(format!(
+                    "inserted_window_dims={}",
+                    list(&d.inserted_window_dims)
+                ));
                 a.push(format!(
                     "scatter_dims_to_operand_dims={}",
                     list(&d.scatter_dims_to_operand_dims)
@@ -278,7 +326,10 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
             }
         }
         "custom-call" => {
-            a.push(format!("custom_call_target=\"{}\"", escape(&i.custom_call_target)));
+            a.push(format!(
+                "custom_call_target=\"{}\"",
+                escape(&i.custom_call_target)
+            ));
             if i.custom_call_has_side_effect {
                 a.push("custom_call_has_side_effect=true".into());
             }
@@ -310,7 +361,11 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
     }
     if let Some(fa) = &i.frontend_attributes {
         if !fa.map.is_empty() {
-            let kv: Vec<String> = fa.map.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let kv: Vec<String> = fa
+                .map
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
             a.push(format!("frontend_attributes={{{}}}", kv.join(",")));
         }
     }
@@ -345,7 +400,11 @@ fn instruction_text(
     comp_names: &HashMap<i64, String>,
     is_root: bool,
 ) -> String {
-    let shape = i.shape.as_ref().map(|s| shape_text(s, true)).unwrap_or_default();
+    let shape = i
+        .shape
+        .as_ref()
+        .map(|s| shape_text(s, true))
+        .unwrap_or_default();
     let args = match i.opcode.as_str() {
         "parameter" => i.parameter_number.to_string(),
         "constant" => i.literal.as_ref().map(literal_text).unwrap_or_default(),
@@ -370,13 +429,34 @@ fn instruction_text(
     line
 }
 
-fn computation_text(c: &HloComputationProto, comp_names: &HashMap<i64, String>, is_entry: bool) -> String {
-    let names: HashMap<i64, String> = c.instructions.iter().map(|i| (i.id, i.name.clone())).collect();
-    let mut params: Vec<&HloInstructionProto> = c.instructions.iter().filter(|i| i.opcode == "parameter").collect();
+fn computation_text(
+    c: &HloComputationProto,
+    comp_names: &HashMap<i64, String>,
+    is_entry: bool,
+) -> String {
+    let names: HashMap<i64, String> = c
+        .instructions
+        .iter()
+        .map(|i| (i.id, i.name.clone()))
+        .collect();
+    let mut params: Vec<&HloInstructionProto> = c
+        .instructions
+        .iter()
+        .filter(|i| i.opcode == "parameter")
+        .collect();
     params.sort_by_key(|p| p.parameter_number);
     let sig: Vec<String> = params
         .iter()
-        .map(|p| format!("{}: {}", p.name, p.shape.as_ref().map(|s| shape_text(s, false)).unwrap_or_default()))
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p.name,
+                p.shape
+                    .as_ref()
+                    .map(|s| shape_text(s, false))
+                    .unwrap_or_default()
+            )
+        })
         .collect();
     let result = c
         .instructions
@@ -401,7 +481,11 @@ fn computation_text(c: &HloComputationProto, comp_names: &HashMap<i64, String>, 
 }
 
 pub fn print_module(m: &HloModuleProto, opts: &PrintOptions) -> String {
-    let comp_names: HashMap<i64, String> = m.computations.iter().map(|c| (c.id, c.name.clone())).collect();
+    let comp_names: HashMap<i64, String> = m
+        .computations
+        .iter()
+        .map(|c| (c.id, c.name.clone()))
+        .collect();
     let mut header = format!("HloModule {}", m.name);
     if let Some(alias) = &m.input_output_alias {
         if !alias.entries.is_empty() {
@@ -427,22 +511,38 @@ pub fn print_module(m: &HloModuleProto, opts: &PrintOptions) -> String {
     }
     if let Some(ps) = &m.host_program_shape {
         let params: Vec<String> = ps.parameters.iter().map(|s| shape_text(s, true)).collect();
-        let result = ps.result.as_ref().map(|s| shape_text(s, true)).unwrap_or_default();
-        let _ = write!(header, ", entry_computation_layout={{({})->{result}}}", params.join(", "));
+        let result = ps
+            .result
+            .as_ref()
+            .map(|s| shape_text(s, true))
+            .unwrap_or_default();
+        let _ = write!(
+            header,
+            ", entry_computation_layout={{({})->{result}}}",
+            params.join(", ")
+        );
     }
     if let Some(n) = opts.replica_count.filter(|&n| n != 1) {
         let _ = write!(header, ", replica_count={n}");
     }
     if let Some(fa) = &m.frontend_attributes {
         if !fa.map.is_empty() {
-            let kv: Vec<String> = fa.map.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let kv: Vec<String> = fa
+                .map
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
             let _ = write!(header, ", frontend_attributes={{{}}}", kv.join(","));
         }
     }
     let mut out = header;
     out.push_str("\n\n");
     for c in &m.computations {
-        out.push_str(&computation_text(c, &comp_names, c.id == m.entry_computation_id));
+        out.push_str(&computation_text(
+            c,
+            &comp_names,
+            c.id == m.entry_computation_id,
+        ));
         out.push_str("\n\n");
     }
     out

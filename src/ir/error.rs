@@ -52,7 +52,9 @@ pub enum ShapeError {
     },
     #[error("dimension {dim} out of range for rank {rank}")]
     DimOutOfRange { dim: i64, rank: usize },
-    #[error("element count differs: {from} has {from_count} elements, target {to:?} has {to_count}")]
+    #[error(
+        "element count differs: {from} has {from_count} elements, target {to:?} has {to_count}"
+    )]
     ElementCount {
         from: ArrayType,
         from_count: i64,

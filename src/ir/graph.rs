@@ -38,7 +38,11 @@ pub struct Provenance {
 
 impl fmt::Display for Provenance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scope = if self.scope.is_empty() { "<root>" } else { &self.scope };
+        let scope = if self.scope.is_empty() {
+            "<root>"
+        } else {
+            &self.scope
+        };
         write!(f, "{scope} ({}:{}:{})", self.file, self.line, self.column)
     }
 }
@@ -172,7 +176,9 @@ impl Graph {
         while let Some(Reverse((_, n))) = ready.pop() {
             order.push(NodeId(n));
             for e in self.g.edges_directed(n, Direction::Outgoing) {
-                let d = indegree.get_mut(&e.target()).expect("edge target is a node");
+                let d = indegree
+                    .get_mut(&e.target())
+                    .expect("edge target is a node");
                 *d -= 1;
                 if *d == 0 {
                     ready.push(Reverse((self.seq[&e.target()], e.target())));

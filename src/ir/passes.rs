@@ -39,7 +39,12 @@ impl Pass for DeadCodeElimination {
     }
     fn run(&self, g: &mut Graph) -> bool {
         let mut live: HashSet<NodeId> = HashSet::new();
-        let mut stack: Vec<NodeId> = g.outputs.iter().copied().filter(|&o| g.contains(o)).collect();
+        let mut stack: Vec<NodeId> = g
+            .outputs
+            .iter()
+            .copied()
+            .filter(|&o| g.contains(o))
+            .collect();
         while let Some(n) = stack.pop() {
             if live.insert(n) {
                 stack.extend(g.operands(n));

@@ -208,7 +208,10 @@ mod tests {
         let t = ArrayType::new(DType::F32, vec![2, 3]);
         assert_eq!(t.to_string(), "f32[2,3]");
         assert_eq!(t.to_string_with_layout(), "f32[2,3]{1,0}");
-        assert_eq!(ArrayType::scalar(DType::BF16).to_string_with_layout(), "bf16[]");
+        assert_eq!(
+            ArrayType::scalar(DType::BF16).to_string_with_layout(),
+            "bf16[]"
+        );
         let tup = Type::Tuple(vec![t.clone(), ArrayType::new(DType::S32, vec![4])]);
         assert_eq!(tup.to_string(), "(f32[2,3], s32[4])");
     }

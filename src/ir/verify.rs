@@ -35,7 +35,12 @@ pub struct VerifyErrors {
 
 impl fmt::Display for VerifyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "graph `{}` failed verification with {} error(s):", self.graph, self.errors.len())?;
+        writeln!(
+            f,
+            "graph `{}` failed verification with {} error(s):",
+            self.graph,
+            self.errors.len()
+        )?;
         for e in &self.errors {
             writeln!(f, "  - {e}")?;
         }
@@ -73,25 +78,41 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
         let node = g.node(id);
         let positions = g.operand_positions(id);
         if positions.iter().enumerate().any(|(i, &p)| p as usize != i) {
-            errors.push(node_err(id, format!("operand positions {positions:?} are not 0..n")));
+            errors.push(node_err(
+                id,
+                format!("operand positions {positions:?} are not 0..n"),
+            ));
             continue;
         }
-        let operand_types: Vec<Type> = g.operands(id).iter().map(|&o| g.node(o).ty.clone()).collect();
+        let operand_types: Vec<Type> = g
+            .operands(id)
+            .iter()
+            .map(|&o| g.node(o).ty.clone())
+            .collect();
         let refs: Vec<&Type> = operand_types.iter().collect();
         match node.op.infer(&refs) {
             Err(e) => errors.push(node_err(id, format!("ill-typed {}: {e}", node.op.name()))),
             Ok(t) if t != node.ty => errors.push(node_err(
                 id,
-                format!("recorded type {} differs from the inferred type {t}", node.ty),
+                format!(
+                    "recorded type {} differs from the inferred type {t}",
+                    node.ty
+                ),
             )),
             Ok(_) => {}
         }
         if let Op::Parameter(p) = &node.op {
             if let Some(prev) = params.insert(p.number, id) {
-                errors.push(node_err(id, format!("parameter number {} is also used by {prev}", p.number)));
+                errors.push(node_err(
+                    id,
+                    format!("parameter number {} is also used by {prev}", p.number),
+                ));
             }
             if let Some(prev) = names.insert(p.name.clone(), id) {
-                errors.push(node_err(id, format!("parameter name `{}` is also used by {prev}", p.name)));
+                errors.push(node_err(
+                    id,
+                    format!("parameter name `{}` is also used by {prev}", p.name),
+                ));
             }
         }
     }
@@ -99,7 +120,10 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
         if number != expected as i64 {
             errors.push(node_err(
                 id,
-                format!("parameter numbers must run 0..{}, found {number}", params.len()),
+                format!(
+                    "parameter numbers must run 0..{}, found {number}",
+                    params.len()
+                ),
             ));
             break;
         }
@@ -110,7 +134,9 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
     }
     for (i, &o) in g.outputs.iter().enumerate() {
         if !g.contains(o) {
-            errors.push(graph_err(format!("output {i} refers to a removed node {o}")));
+            errors.push(graph_err(format!(
+                "output {i} refers to a removed node {o}"
+            )));
         } else if !matches!(g.node(o).ty, Type::Array(_)) {
             errors.push(node_err(o, format!("output {i} must be an array")));
         }
@@ -148,7 +174,10 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
             errors.push(graph_err(format!("output {} is aliased twice", a.output)));
         }
         if !aliased_params.insert(a.parameter) {
-            errors.push(graph_err(format!("parameter {} is aliased twice", a.parameter)));
+            errors.push(graph_err(format!(
+                "parameter {} is aliased twice",
+                a.parameter
+            )));
         }
     }
 

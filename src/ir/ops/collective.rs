@@ -22,14 +22,23 @@ impl ReplicaGroups {
     /// Checks the groups are non-empty, equally sized and disjoint; returns the group size.
     pub fn group_size(&self) -> Result<i64, ShapeError> {
         let bad = |reason: String| ShapeError::invalid("replica groups", reason);
-        let first = self.0.first().ok_or_else(|| bad("no groups given".into()))?;
+        let first = self
+            .0
+            .first()
+            .ok_or_else(|| bad("no groups given".into()))?;
         if first.is_empty() || self.0.iter().any(|g| g.len() != first.len()) {
-            return Err(bad(format!("{:?}: groups must be non-empty and of equal size", self.0)));
+            return Err(bad(format!(
+                "{:?}: groups must be non-empty and of equal size",
+                self.0
+            )));
         }
         let mut seen = std::collections::BTreeSet::new();
         for &r in self.0.iter().flatten() {
             if r < 0 || !seen.insert(r) {
-                return Err(bad(format!("{:?}: replica {r} is negative or repeated", self.0)));
+                return Err(bad(format!(
+                    "{:?}: replica {r} is negative or repeated",
+                    self.0
+                )));
             }
         }
         Ok(first.len() as i64)
@@ -127,7 +136,10 @@ impl OpRule for ReduceScatter {
         Ok(Type::Array(x.with_dims(dims)))
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
-        let dtype = ty.as_array().expect("reduce-scatter result is an array").dtype;
+        let dtype = ty
+            .as_array()
+            .expect("reduce-scatter result is an array")
+            .dtype;
         let comp = binary_scalar_computation(cx.module(), self.kind.opcode(), dtype);
         cx.emit("reduce-scatter", ty, operands, |i| {
             i.replica_groups = self.groups.to_proto();

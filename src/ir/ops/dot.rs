@@ -38,7 +38,9 @@ impl OpRule for Dot {
                 got: r.dtype,
             });
         }
-        if l.dtype == DType::Pred || (self.out != l.dtype && !(l.dtype.is_float() && self.out.is_float())) {
+        if l.dtype == DType::Pred
+            || (self.out != l.dtype && !(l.dtype.is_float() && self.out.is_float()))
+        {
             return Err(ShapeError::DTypeNotAllowed {
                 what: "dot result",
                 dtype: self.out,

@@ -97,7 +97,11 @@ impl BinaryOp {
 
 /// Both operands must have the same dims and dtype (checked in this order, so the message
 /// points at the first real difference).
-fn same_type<'a>(what: &'static str, a: &'a ArrayType, b: &ArrayType) -> Result<&'a ArrayType, ShapeError> {
+fn same_type<'a>(
+    what: &'static str,
+    a: &'a ArrayType,
+    b: &ArrayType,
+) -> Result<&'a ArrayType, ShapeError> {
     if a.dims != b.dims {
         return Err(ShapeError::ShapeMismatch {
             lhs: a.clone(),
@@ -193,7 +197,11 @@ impl OpRule for Select {
     }
     fn infer(&self, operands: &[&Type]) -> Result<Type, ShapeError> {
         expect_arity(operands, 3)?;
-        let (p, t, f) = (array(operands, 0)?, array(operands, 1)?, array(operands, 2)?);
+        let (p, t, f) = (
+            array(operands, 0)?,
+            array(operands, 1)?,
+            array(operands, 2)?,
+        );
         if p.dtype != DType::Pred {
             return Err(ShapeError::DTypeMismatch {
                 what: "predicate",
@@ -225,7 +233,11 @@ impl OpRule for Clamp {
     }
     fn infer(&self, operands: &[&Type]) -> Result<Type, ShapeError> {
         expect_arity(operands, 3)?;
-        let (lo, x, hi) = (array(operands, 0)?, array(operands, 1)?, array(operands, 2)?);
+        let (lo, x, hi) = (
+            array(operands, 0)?,
+            array(operands, 1)?,
+            array(operands, 2)?,
+        );
         for (what, b) in [("min", lo), ("max", hi)] {
             if b.dtype != x.dtype {
                 return Err(ShapeError::DTypeMismatch {

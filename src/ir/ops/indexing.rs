@@ -287,7 +287,11 @@ impl OpRule for Scatter {
     }
     fn infer(&self, operands: &[&Type]) -> Result<Type, ShapeError> {
         expect_arity(operands, 3)?;
-        let (x, idx, upd) = (array(operands, 0)?, array(operands, 1)?, array(operands, 2)?);
+        let (x, idx, upd) = (
+            array(operands, 0)?,
+            array(operands, 1)?,
+            array(operands, 2)?,
+        );
         let s = &self.dims;
         if !idx.dtype.is_int() {
             return Err(ShapeError::DTypeNotAllowed {
@@ -332,7 +336,8 @@ impl OpRule for Scatter {
                 s.update_window_dims
             )));
         }
-        let window_operand_dims = (0..x.rank() as i64).filter(|d| !s.inserted_window_dims.contains(d));
+        let window_operand_dims =
+            (0..x.rank() as i64).filter(|d| !s.inserted_window_dims.contains(d));
         for (&uw, od) in s.update_window_dims.iter().zip(window_operand_dims) {
             if upd.dims[uw as usize] > x.dims[od as usize] {
                 return Err(bad(format!(

@@ -13,8 +13,8 @@ mod source;
 
 pub use collective::{AllGather, AllReduce, ReduceScatter, ReplicaGroups};
 pub use dot::{Dot, DotDims};
-pub use elementwise::{BinaryOp, Clamp, Compare, Convert, Direction, Select, UnaryOp};
 pub use elementwise::{Binary, Unary};
+pub use elementwise::{BinaryOp, Clamp, Compare, Convert, Direction, Select, UnaryOp};
 pub use indexing::{
     DynamicSlice, DynamicUpdateSlice, Gather, GatherDims, Scatter, ScatterCombiner, ScatterDims,
 };
@@ -100,7 +100,10 @@ impl Op {
     }
 
     pub fn is_collective(&self) -> bool {
-        matches!(self, Op::AllReduce(_) | Op::AllGather(_) | Op::ReduceScatter(_))
+        matches!(
+            self,
+            Op::AllReduce(_) | Op::AllGather(_) | Op::ReduceScatter(_)
+        )
     }
 
     /// Ops that CSE must never merge: parameters are distinct inputs, and custom calls or

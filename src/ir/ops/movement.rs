@@ -53,14 +53,24 @@ impl OpRule for Transpose {
         if !is_permutation(&self.perm, x.rank()) {
             return Err(ShapeError::invalid(
                 "permutation",
-                format!("{:?} is not a permutation of the {} dims of {x}", self.perm, x.rank()),
+                format!(
+                    "{:?} is not a permutation of the {} dims of {x}",
+                    self.perm,
+                    x.rank()
+                ),
             ));
         }
-        let dims = self.perm.iter().map(|&p| x.dims[p as usize]).collect::<Vec<_>>();
+        let dims = self
+            .perm
+            .iter()
+            .map(|&p| x.dims[p as usize])
+            .collect::<Vec<_>>();
         Ok(Type::Array(x.with_dims(dims)))
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
-        cx.emit("transpose", ty, operands, |i| i.dimensions = self.perm.clone())
+        cx.emit("transpose", ty, operands, |i| {
+            i.dimensions = self.perm.clone()
+        })
     }
 }
 
@@ -107,7 +117,9 @@ impl OpRule for Broadcast {
         Ok(Type::Array(x.with_dims(self.dims.clone())))
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
-        cx.emit("broadcast", ty, operands, |i| i.dimensions = self.mapping.clone())
+        cx.emit("broadcast", ty, operands, |i| {
+            i.dimensions = self.mapping.clone()
+        })
     }
 }
 
@@ -205,7 +217,9 @@ impl OpRule for Concatenate {
         Ok(Type::Array(first.with_dims(out)))
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
-        cx.emit("concatenate", ty, operands, |i| i.dimensions = vec![self.dim])
+        cx.emit("concatenate", ty, operands, |i| {
+            i.dimensions = vec![self.dim]
+        })
     }
 }
 
@@ -251,11 +265,17 @@ impl OpRule for Pad {
         for d in 0..x.rank() {
             let n = x.dims[d];
             if self.interior[d] < 0 {
-                return Err(ShapeError::invalid("padding", format!("negative interior padding in dim {d}")));
+                return Err(ShapeError::invalid(
+                    "padding",
+                    format!("negative interior padding in dim {d}"),
+                ));
             }
             let size = self.low[d] + self.high[d] + n + (n - 1).max(0) * self.interior[d];
             if size < 0 {
-                return Err(ShapeError::invalid("padding", format!("dim {d} would have size {size}")));
+                return Err(ShapeError::invalid(
+                    "padding",
+                    format!("dim {d} would have size {size}"),
+                ));
             }
             dims.push(size);
         }

@@ -119,26 +119,34 @@ impl OpRule for Argmax {
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
         let out = ty.as_array().expect("argmax result is an array").clone();
-        let x = cx.type_of(operands[0]).as_array().expect("argmax input").clone();
+        let x = cx
+            .type_of(operands[0])
+            .as_array()
+            .expect("argmax input")
+            .clone();
         let (vt, it) = (x.dtype, self.index_dtype);
-        let comp = cx.module().subcomputation(&format!("argmax_{vt}_{it}"), |c| {
-            let (sv, si) = (ArrayType::scalar(vt), ArrayType::scalar(it));
-            let (v, i) = (Type::Array(sv.clone()), Type::Array(si.clone()));
-            let pred = Type::Array(ArrayType::scalar(DType::Pred));
-            let acc_v = c.parameter(0, "acc_value", &v);
-            let acc_i = c.parameter(1, "acc_index", &i);
-            let new_v = c.parameter(2, "value", &v);
-            let new_i = c.parameter(3, "index", &i);
-            let dir = |d: &'static str| move |p: &mut xla_proto::HloInstructionProto| p.comparison_direction = d.into();
-            let gt = c.emit("compare", &pred, &[acc_v, new_v], dir("GT"));
-            let eq = c.emit("compare", &pred, &[acc_v, new_v], dir("EQ"));
-            let lower_index = c.emit("compare", &pred, &[acc_i, new_i], dir("LT"));
-            // Keep the accumulator when it is larger, or equal with a lower index.
-            let keep = c.emit("select", &pred, &[eq, lower_index, gt], |_| {});
-            let value = c.emit("select", &v, &[keep, acc_v, new_v], |_| {});
-            let index = c.emit("select", &i, &[keep, acc_i, new_i], |_| {});
-            c.emit("tuple", &Type::Tuple(vec![sv, si]), &[value, index], |_| {})
-        });
+        let comp = cx
+            .module()
+            .subcomputation(&format!("argmax_{vt}_{it}"), |c| {
+                let (sv, si) = (ArrayType::scalar(vt), ArrayType::scalar(it));
+                let (v, i) = (Type::Array(sv.clone()), Type::Array(si.clone()));
+                let pred = Type::Array(ArrayType::scalar(DType::Pred));
+                let acc_v = c.parameter(0, "acc_value", &v);
+                let acc_i = c.parameter(1, "acc_index", &i);
+                let new_v = c.parameter(2, "value", &v);
+                let new_i = c.parameter(3, "index", &i);
+                let dir = |d: &'static str| {
+                    move |p: &mut xla_proto::HloInstructionProto| p.comparison_direction = d.into()
+                };
+                let gt = c.emit("compare", &pred, &[acc_v, new_v], dir("GT"));
+                let eq = c.emit("compare", &pred, &[acc_v, new_v], dir("EQ"));
+                let lower_index = c.emit("compare", &pred, &[acc_i, new_i], dir("LT"));
+                // Keep the accumulator when it is larger, or equal with a lower index.
+                let keep = c.emit("select", &pred, &[eq, lower_index, gt], |_| {});
+                let value = c.emit("select", &v, &[keep, acc_v, new_v], |_| {});
+                let index = c.emit("select", &i, &[keep, acc_i, new_i], |_| {});
+                c.emit("tuple", &Type::Tuple(vec![sv, si]), &[value, index], |_| {})
+            });
         let iota = cx.emit("iota", &Type::Array(x.with_dtype(it)), &[], |i| {
             i.dimensions = vec![self.dim]
         });

@@ -55,7 +55,11 @@ impl OpRule for Constant {
         if lit.bytes.len() != want || lit.ty.dims.iter().any(|&d| d < 0) {
             return Err(ShapeError::invalid(
                 "constant",
-                format!("{} needs {want} bytes, literal has {}", lit.ty, lit.bytes.len()),
+                format!(
+                    "{} needs {want} bytes, literal has {}",
+                    lit.ty,
+                    lit.bytes.len()
+                ),
             ));
         }
         Ok(Type::Array(lit.ty.clone()))
