@@ -4,6 +4,7 @@
 //! source location (`#[track_caller]`).
 
 mod builder;
+pub mod nn;
 mod error;
 mod tensor;
 

@@ -1,1 +1,88 @@
-//! Tensor-parallel layers built from DSL primitives and explicit collectives.
+//! Tensor-parallel layers built from DSL primitives and explicit collectives, following
+//! NxD's parallel layers: one graph serves every rank, and each rank's behaviour comes from
+//! its shard of the weights. Weights keep the Hugging Face `[out, in]` layout, so a linear is
+//! a `dot` contracting the activation's last dim with the weight's dim 1 (no transpose op).
+
+use crate::dsl::{DotDims, OpError, ReduceKind, ReplicaGroups, Tensor};
+
+/// The tensor-parallel group: `degree` ranks, all in one replica group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorParallel {
+    pub degree: i64,
+}
+
+impl TensorParallel {
+    pub fn new(degree: i64) -> Self {
+        TensorParallel { degree }
+    }
+
+    pub fn groups(&self) -> ReplicaGroups {
+        ReplicaGroups::all(self.degree)
+    }
+
+    pub fn is_parallel(&self) -> bool {
+        self.degree > 1
+    }
+}
+
+/// `x · wᵀ` for a weight stored `[out, in]`: `[..., in] → [..., out]`.
+#[track_caller]
+pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, OpError> {
+    x.dot_general(
+        weight,
+        DotDims {
+            lhs_contracting: vec![x.rank() as i64 - 1],
+            rhs_contracting: vec![1],
+            ..Default::default()
+        },
+    )
+}
+
+/// Column-parallel linear: each rank holds `out/t` rows of the weight and produces that slice
+/// of the output. With `gather_output`, an all-gather on the last dim rebuilds the full output.
+#[track_caller]
+pub fn column_parallel_linear(
+    x: &Tensor,
+    weight_shard: &Tensor,
+    gather_output: bool,
+    tp: &TensorParallel,
+) -> Result<Tensor, OpError> {
+    let y = linear(x, weight_shard)?;
+    if gather_output && tp.is_parallel() {
+        y.all_gather(-1, &tp.groups())
+    } else {
+        Ok(y)
+    }
+}
+
+/// Row-parallel linear with `input_is_parallel`: each rank holds `in/t` columns of the weight
+/// and the matching slice of the input; an all-reduce sums the partial products.
+#[track_caller]
+pub fn row_parallel_linear(
+    x_shard: &Tensor,
+    weight_shard: &Tensor,
+    tp: &TensorParallel,
+) -> Result<Tensor, OpError> {
+    let partial = linear(x_shard, weight_shard)?;
+    if tp.is_parallel() {
+        partial.all_reduce(ReduceKind::Sum, &tp.groups())
+    } else {
+        Ok(partial)
+    }
+}
+
+/// Embedding sharded across the hidden dim (NxD's `shard_across_embedding`): each rank looks
+/// up its `H/t` columns, then an all-gather on the last dim assembles the full rows.
+#[track_caller]
+pub fn parallel_embedding(
+    ids: &Tensor,
+    table_shard: &Tensor,
+    tp: &TensorParallel,
+) -> Result<Tensor, OpError> {
+    let rows = table_shard.take(ids)?;
+    if tp.is_parallel() {
+        rows.all_gather(-1, &tp.groups())
+    } else {
+        Ok(rows)
+    }
+}

@@ -1,0 +1,140 @@
+//! `manifest.json`: the contract between the graphs and a runtime or serving layer. For each
+//! graph it lists every input and output (name, dtype, shape, role), the aliasing, the TP
+//! degree and replica groups, the compiler flags and the hash of the proto bytes.
+
+use crate::models::phi3::graph::{InputRole, OutputRole, RecordedGraph};
+use crate::models::phi3::{Phi3Config, ShardPlan};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn input_json(name: &str, ty: &crate::ir::ArrayType, role: &InputRole, plan: &ShardPlan) -> Value {
+    let (role_name, extra) = match role {
+        InputRole::InputIds => ("input_ids", json!({})),
+        InputRole::PositionIds => ("position_ids", json!({})),
+        InputRole::Rank => ("rank", json!({ "value": "the rank's index in the TP group" })),
+        InputRole::KvCache { layer, value } => (
+            "kv_cache",
+            json!({ "layer": layer, "tensor": if *value { "value" } else { "key" } }),
+        ),
+        InputRole::Weight { key } => ("weight", json!({ "checkpoint_key": key, "shard": shard_rule(name, plan) })),
+    };
+    let mut v = json!({ "name": name, "dtype": ty.dtype.name(), "shape": ty.dims, "role": role_name });
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e);
+    }
+    v
+}
+
+/// How the rank's slice of a weight is cut from the checkpoint tensor.
+fn shard_rule(name: &str, plan: &ShardPlan) -> Value {
+    let t = plan.tp;
+    if name.ends_with("layernorm.weight") || name == "model.norm.weight" {
+        json!({ "kind": "replicated" })
+    } else if name == "model.embed_tokens.weight" {
+        json!({ "kind": "split", "dim": 1, "parts": t })
+    } else if name == "lm_head.weight" {
+        json!({ "kind": "split", "dim": 0, "parts": t, "pad_to": plan.vocab_padded })
+    } else if name.ends_with("qkv_proj.weight") {
+        json!({
+            "kind": "qkv_heads", "dim": 0, "strategy": format!("{:?}", plan.strategy),
+            "q_heads_per_rank": plan.q_heads_per_rank, "kv_heads_per_rank": plan.kv_heads_per_rank,
+            "q_head_source": plan.q_head_source, "kv_head_source": plan.kv_head_source,
+        })
+    } else if name.ends_with("o_proj.weight") {
+        json!({ "kind": "q_heads", "dim": 1, "q_head_source": plan.q_head_source })
+    } else if name.ends_with("gate_up_proj.weight") {
+        json!({ "kind": "gate_up", "dim": 0, "parts": t, "pad_to": plan.intermediate_padded })
+    } else if name.ends_with("down_proj.weight") {
+        json!({ "kind": "split", "dim": 1, "parts": t, "pad_to": plan.intermediate_padded })
+    } else {
+        json!({ "kind": "unknown" })
+    }
+}
+
+pub struct GraphArtifact<'a> {
+    pub recorded: &'a RecordedGraph,
+    pub proto_bytes: &'a [u8],
+    pub files: Vec<String>,
+    pub compiler_flags: Vec<String>,
+}
+
+pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
+    let g = a.recorded;
+    let inputs: Vec<Value> = g.inputs.iter().map(|i| input_json(&i.name, &i.ty, &i.role, plan)).collect();
+    let outputs: Vec<Value> = g
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(k, o)| {
+            let role = match o.role {
+                OutputRole::Logits => "logits",
+                OutputRole::NextToken => "next_token",
+                OutputRole::KvCache { .. } => "kv_cache",
+            };
+            let alias = g.graph.aliases.iter().find(|a| a.output == k).map(|a| a.parameter);
+            json!({ "name": o.name, "dtype": o.ty.dtype.name(), "shape": o.ty.dims, "role": role, "aliases_input": alias })
+        })
+        .collect();
+    let s = &g.spec;
+    json!({
+        "name": s.name(),
+        "kind": match s.kind { crate::models::phi3::GraphKind::ContextEncoding => "context_encoding", _ => "token_generation" },
+        "batch": s.batch,
+        "active_tokens": s.seq_len,
+        "max_seq_len": s.max_seq_len,
+        "dtype": s.dtype.name(),
+        "options": {
+            "decode_cache_write": format!("{:?}", s.options.decode_cache_write),
+            "on_device_greedy": s.options.on_device_greedy,
+            "gather_logits": s.options.gather_logits,
+            "rms_norm": format!("{:?}", s.options.rms_norm),
+            "runs_on_cpu": s.options.rms_norm == crate::models::phi3::graph::NormImpl::Primitives,
+        },
+        "files": a.files,
+        "proto_sha256": sha256_hex(a.proto_bytes),
+        "proto_bytes": a.proto_bytes.len(),
+        "compiler_flags": a.compiler_flags,
+        "inputs": inputs,
+        "outputs": outputs,
+        "aliases": g.graph.aliases.iter().map(|a| json!({ "output": a.output, "parameter": a.parameter })).collect::<Vec<_>>(),
+    })
+}
+
+/// The whole manifest, with an optimum-neuron `neuron_config.json`-style block.
+pub fn manifest(cfg: &Phi3Config, plan: &ShardPlan, batch: i64, max_seq_len: i64, dtype: &str, target: &str, graphs: Vec<Value>) -> Value {
+    json!({
+        "format": "phi3-neuron-manifest/1",
+        "model": cfg.name,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "tp_degree": plan.tp,
+        "replica_groups": [ (0..plan.tp).collect::<Vec<_>>() ],
+        "neuron_config": {
+            "batch_size": batch,
+            "max_batch_size": batch,
+            "sequence_length": max_seq_len,
+            "max_context_length": max_seq_len,
+            "tp_degree": plan.tp,
+            "torch_dtype": if dtype == "bf16" { "bfloat16" } else { "float32" },
+            "fused_qkv": true,
+            "glu_mlp": true,
+            "on_device_sampling": false,
+            "continuous_batching": false,
+            "target": target,
+            "pp_degree": 1,
+            "ep_degree": 1,
+            "start_rank_id": 0,
+            "local_ranks_size": plan.tp,
+        },
+        "sharding": {
+            "strategy": format!("{:?}", plan.strategy),
+            "q_heads": plan.q_heads, "kv_heads": plan.kv_heads,
+            "q_heads_per_rank": plan.q_heads_per_rank, "kv_heads_per_rank": plan.kv_heads_per_rank,
+            "vocab_padded": plan.vocab_padded, "intermediate_padded": plan.intermediate_padded,
+        },
+        "graphs": graphs,
+    })
+}
