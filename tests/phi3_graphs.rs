@@ -3,12 +3,16 @@
 
 use phi3_neuron::dsl::DType;
 use phi3_neuron::hlo::{lower, LowerOptions};
+use phi3_neuron::models::phi3::config::embedded_names;
 use phi3_neuron::models::phi3::graph::record;
 use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
-use phi3_neuron::models::phi3::config::embedded_names;
 
 fn count(m: &xla_proto::HloModuleProto, opcode: &str) -> usize {
-    m.computations.iter().flat_map(|c| &c.instructions).filter(|i| i.opcode == opcode).count()
+    m.computations
+        .iter()
+        .flat_map(|c| &c.instructions)
+        .filter(|i| i.opcode == opcode)
+        .count()
 }
 
 #[test]
@@ -25,7 +29,12 @@ fn all_embedded_models_build_at_all_tp_degrees() {
                 let m = lower(&g.graph, &LowerOptions::default()).unwrap();
                 let all_reduces = count(&m, "all-reduce");
                 let expected = if tp > 1 { 2 * 2 } else { 0 };
-                assert_eq!(all_reduces, expected, "{name} tp{tp} {}: two all-reduces per layer", spec.name());
+                assert_eq!(
+                    all_reduces,
+                    expected,
+                    "{name} tp{tp} {}: two all-reduces per layer",
+                    spec.name()
+                );
                 let aliases = m.input_output_alias.as_ref().unwrap().entries.len();
                 assert_eq!(aliases, 4, "one alias per K and V cache");
             }

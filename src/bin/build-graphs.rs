@@ -30,7 +30,11 @@ struct Args {
     batch: i64,
     /// Context-encoding buckets; each also gets a token-generation graph with that cache length
     /// unless --max-seq-len fixes one cache length for all graphs.
-    #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024,2048,4096")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "128,256,512,1024,2048,4096"
+    )]
     buckets: Vec<i64>,
     #[arg(long)]
     max_seq_len: Option<i64>,
@@ -84,7 +88,8 @@ fn run(args: Args) -> Result<(), String> {
         "f32" => DType::F32,
         other => return Err(format!("--dtype must be bf16 or f32, got `{other}`")),
     };
-    let target = Target::parse(&args.target).ok_or_else(|| format!("--target must be trn1, trn2 or inf2, got `{}`", args.target))?;
+    let target = Target::parse(&args.target)
+        .ok_or_else(|| format!("--target must be trn1, trn2 or inf2, got `{}`", args.target))?;
     let (write_pb, write_txt) = match args.format.as_str() {
         "pb" => (true, false),
         "txt" => (false, true),
@@ -124,13 +129,18 @@ fn run(args: Args) -> Result<(), String> {
         for b in lengths {
             let max = args.max_seq_len.unwrap_or(b);
             specs.push(match kind {
-                GraphKind::ContextEncoding => GraphSpec::context_encoding(args.batch, b, max, dtype),
+                GraphKind::ContextEncoding => {
+                    GraphSpec::context_encoding(args.batch, b, max, dtype)
+                }
                 GraphKind::TokenGeneration => GraphSpec::token_generation(args.batch, max, dtype),
             });
         }
     }
 
-    let dir = args.out.join(model_dir_name(&cfg.name)).join(format!("tp{}", args.tp));
+    let dir = args
+        .out
+        .join(model_dir_name(&cfg.name))
+        .join(format!("tp{}", args.tp));
     let total = Instant::now();
     let mut rows = Vec::new();
     let mut entries = Vec::new();
@@ -145,24 +155,47 @@ fn run(args: Args) -> Result<(), String> {
         let name = spec.name();
         if write_pb {
             let f = format!("{name}.hlo.pb");
-            write_atomic(&dir.join(&f), &bytes).map_err(|e| format!("{}: {e}", dir.join(&f).display()))?;
+            write_atomic(&dir.join(&f), &bytes)
+                .map_err(|e| format!("{}: {e}", dir.join(&f).display()))?;
             files.push(f);
         }
         if write_txt {
             let f = format!("{name}.hlo.txt");
-            let text = print_module(&module, &PrintOptions { replica_count: Some(args.tp) });
-            write_atomic(&dir.join(&f), text.as_bytes()).map_err(|e| format!("{}: {e}", dir.join(&f).display()))?;
+            let text = print_module(
+                &module,
+                &PrintOptions {
+                    replica_count: Some(args.tp),
+                },
+            );
+            write_atomic(&dir.join(&f), text.as_bytes())
+                .map_err(|e| format!("{}: {e}", dir.join(&f).display()))?;
             files.push(f);
         }
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        let instrs: usize = module.computations.iter().map(|c| c.instructions.len()).sum();
+        let instrs: usize = module
+            .computations
+            .iter()
+            .map(|c| c.instructions.len())
+            .sum();
         let collectives = module
             .computations
             .iter()
             .flat_map(|c| &c.instructions)
-            .filter(|i| matches!(i.opcode.as_str(), "all-reduce" | "all-gather" | "reduce-scatter"))
+            .filter(|i| {
+                matches!(
+                    i.opcode.as_str(),
+                    "all-reduce" | "all-gather" | "reduce-scatter"
+                )
+            })
             .count();
-        rows.push((name, recorded.inputs.len(), instrs, collectives, bytes.len(), ms));
+        rows.push((
+            name,
+            recorded.inputs.len(),
+            instrs,
+            collectives,
+            bytes.len(),
+            ms,
+        ));
         let mut r = recorded;
         r.graph = graph;
         entries.push(graph_entry(
@@ -176,12 +209,24 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     let max_len = specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0);
-    let m = manifest(&cfg, &plan, args.batch, max_len, &args.dtype, &args.target, entries);
+    let m = manifest(
+        &cfg,
+        &plan,
+        args.batch,
+        max_len,
+        &args.dtype,
+        &args.target,
+        entries,
+    );
     let text = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())? + "\n";
     // The manifest goes last, so it never names a file that is not fully written.
-    write_atomic(&dir.join("manifest.json"), text.as_bytes()).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_atomic(&dir.join("manifest.json"), text.as_bytes())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
 
-    println!("{:<16} {:>7} {:>8} {:>11} {:>12} {:>9}", "graph", "params", "instrs", "collectives", "proto bytes", "build ms");
+    println!(
+        "{:<16} {:>7} {:>8} {:>11} {:>12} {:>9}",
+        "graph", "params", "instrs", "collectives", "proto bytes", "build ms"
+    );
     for (name, params, instrs, coll, bytes, ms) in &rows {
         println!("{name:<16} {params:>7} {instrs:>8} {coll:>11} {bytes:>12} {ms:>9.1}");
     }

@@ -47,7 +47,11 @@ impl Deref for OpError {
 impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let operands: Vec<String> = self.operands.iter().map(|t| t.to_string()).collect();
-        let scope = if self.scope.is_empty() { "<root>" } else { &self.scope };
+        let scope = if self.scope.is_empty() {
+            "<root>"
+        } else {
+            &self.scope
+        };
         write!(
             f,
             "`{}` at {scope} ({}:{}:{}): {}; operands: ({})",

@@ -4,8 +4,8 @@
 //! source location (`#[track_caller]`).
 
 mod builder;
-pub mod nn;
 mod error;
+pub mod nn;
 mod tensor;
 
 pub use crate::ir::ops::{

@@ -27,7 +27,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     keep[last as usize] = 1;
     let mean = xf.sum(&[last])?.mul_scalar(1.0 / n)?.reshape(&keep)?;
     let centered = xf.sub(&mean)?;
-    let var = centered.mul(&centered)?.sum(&[last])?.mul_scalar(1.0 / n)?.reshape(&keep)?;
+    let var = centered
+        .mul(&centered)?
+        .sum(&[last])?
+        .mul_scalar(1.0 / n)?
+        .reshape(&keep)?;
     let normed = centered.mul(&var.add_scalar(eps)?.rsqrt()?)?;
     normed
         .mul(&weight.convert(DType::F32)?)?
@@ -69,7 +73,11 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor, OpError> {
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, OpError> {
     let rot = cos.dim(-1);
     let hd = x.dim(-1);
-    let x_rot = if rot == hd { x.clone() } else { x.slice_dim(-1, 0, rot)? };
+    let x_rot = if rot == hd {
+        x.clone()
+    } else {
+        x.slice_dim(-1, 0, rot)?
+    };
     let rotated = x_rot.mul(cos)?.add(&rotate_half(&x_rot)?.mul(sin)?)?;
     if rot == hd {
         Ok(rotated)

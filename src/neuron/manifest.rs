@@ -8,21 +8,31 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn input_json(name: &str, ty: &crate::ir::ArrayType, role: &InputRole, plan: &ShardPlan) -> Value {
     let (role_name, extra) = match role {
         InputRole::InputIds => ("input_ids", json!({})),
         InputRole::PositionIds => ("position_ids", json!({})),
-        InputRole::Rank => ("rank", json!({ "value": "the rank's index in the TP group" })),
+        InputRole::Rank => (
+            "rank",
+            json!({ "value": "the rank's index in the TP group" }),
+        ),
         InputRole::KvCache { layer, value } => (
             "kv_cache",
             json!({ "layer": layer, "tensor": if *value { "value" } else { "key" } }),
         ),
-        InputRole::Weight { key } => ("weight", json!({ "checkpoint_key": key, "shard": shard_rule(name, plan) })),
+        InputRole::Weight { key } => (
+            "weight",
+            json!({ "checkpoint_key": key, "shard": shard_rule(name, plan) }),
+        ),
     };
-    let mut v = json!({ "name": name, "dtype": ty.dtype.name(), "shape": ty.dims, "role": role_name });
+    let mut v =
+        json!({ "name": name, "dtype": ty.dtype.name(), "shape": ty.dims, "role": role_name });
     if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
         m.extend(e);
     }
@@ -64,7 +74,11 @@ pub struct GraphArtifact<'a> {
 
 pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
     let g = a.recorded;
-    let inputs: Vec<Value> = g.inputs.iter().map(|i| input_json(&i.name, &i.ty, &i.role, plan)).collect();
+    let inputs: Vec<Value> = g
+        .inputs
+        .iter()
+        .map(|i| input_json(&i.name, &i.ty, &i.role, plan))
+        .collect();
     let outputs: Vec<Value> = g
         .outputs
         .iter()
@@ -105,7 +119,15 @@ pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
 }
 
 /// The whole manifest, with an optimum-neuron `neuron_config.json`-style block.
-pub fn manifest(cfg: &Phi3Config, plan: &ShardPlan, batch: i64, max_seq_len: i64, dtype: &str, target: &str, graphs: Vec<Value>) -> Value {
+pub fn manifest(
+    cfg: &Phi3Config,
+    plan: &ShardPlan,
+    batch: i64,
+    max_seq_len: i64,
+    dtype: &str,
+    target: &str,
+    graphs: Vec<Value>,
+) -> Value {
     json!({
         "format": "phi3-neuron-manifest/1",
         "model": cfg.name,

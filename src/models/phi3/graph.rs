@@ -19,7 +19,9 @@ use crate::dsl::{
     ArrayType, DType, DotDims, Graph, GraphBuilder, OpError, ScatterCombiner, ScatterDims, Tensor,
 };
 use crate::ir::VerifyErrors;
-use crate::parallel::{column_parallel_linear, linear, parallel_embedding, row_parallel_linear, TensorParallel};
+use crate::parallel::{
+    column_parallel_linear, linear, parallel_embedding, row_parallel_linear, TensorParallel,
+};
 use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,9 +129,14 @@ pub enum InputRole {
     InputIds,
     PositionIds,
     /// A weight shard; `key` is the Hugging Face checkpoint tensor it comes from.
-    Weight { key: String },
+    Weight {
+        key: String,
+    },
     Rank,
-    KvCache { layer: usize, value: bool },
+    KvCache {
+        layer: usize,
+        value: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,7 +222,13 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     #[track_caller]
-    fn input(&mut self, name: &str, dtype: DType, dims: &[i64], role: InputRole) -> Result<Tensor, OpError> {
+    fn input(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        dims: &[i64],
+        role: InputRole,
+    ) -> Result<Tensor, OpError> {
         let t = self.b.parameter(name, dtype, dims)?;
         self.inputs.push(IoInfo {
             name: name.to_string(),
@@ -227,7 +240,9 @@ impl Recorder<'_> {
 
     #[track_caller]
     fn weight(&mut self, key: &str, dims: &[i64]) -> Result<Tensor, OpError> {
-        let role = InputRole::Weight { key: key.to_string() };
+        let role = InputRole::Weight {
+            key: key.to_string(),
+        };
         self.input(key, self.spec.dtype, dims, role)
     }
 
@@ -236,7 +251,12 @@ impl Recorder<'_> {
             NormImpl::Primitives => rms_norm(x, w, self.cfg.rms_norm_eps),
             NormImpl::NeuronCustomCall => {
                 let eps = self.b.scalar(DType::F32, self.cfg.rms_norm_eps)?;
-                self.b.custom_call("AwsNeuronRmsNorm", &[x, w, &eps], x.ty().clone(), Vec::new())
+                self.b.custom_call(
+                    "AwsNeuronRmsNorm",
+                    &[x, w, &eps],
+                    x.ty().clone(),
+                    Vec::new(),
+                )
             }
         }
     }
@@ -251,7 +271,8 @@ impl Recorder<'_> {
         let half = rot / 2;
         let (inv, att) = match &self.cfg.rope {
             RopeScaling::Default => (
-                self.b.constant_f64(DType::F32, &[half], &inverse_frequencies(self.cfg, None))?,
+                self.b
+                    .constant_f64(DType::F32, &[half], &inverse_frequencies(self.cfg, None))?,
                 1.0,
             ),
             RopeScaling::LongRope {
@@ -259,10 +280,20 @@ impl Recorder<'_> {
                 long_factor,
                 attention_factor,
             } => {
-                let short = self.b.constant_f64(DType::F32, &[half], &inverse_frequencies(self.cfg, Some(short_factor)))?;
-                let long = self.b.constant_f64(DType::F32, &[half], &inverse_frequencies(self.cfg, Some(long_factor)))?;
+                let short = self.b.constant_f64(
+                    DType::F32,
+                    &[half],
+                    &inverse_frequencies(self.cfg, Some(short_factor)),
+                )?;
+                let long = self.b.constant_f64(
+                    DType::F32,
+                    &[half],
+                    &inverse_frequencies(self.cfg, Some(long_factor)),
+                )?;
                 let seq_len = pos.reduce_max(&[0, 1])?.add_scalar(1.0)?;
-                let omax = self.b.scalar(DType::S32, self.cfg.original_max_position_embeddings as f64)?;
+                let omax = self
+                    .b
+                    .scalar(DType::S32, self.cfg.original_max_position_embeddings as f64)?;
                 (seq_len.gt(&omax)?.select(&long, &short)?, *attention_factor)
             }
         };
@@ -285,7 +316,11 @@ impl Recorder<'_> {
     fn attention_mask(&self, pos: &Tensor) -> Result<Tensor, OpError> {
         let _s = self.b.scope("mask");
         let (bsz, s, smax) = (self.spec.batch, self.spec.seq_len, self.spec.max_seq_len);
-        let window = self.cfg.sliding_window.map(|w| w as i64).filter(|&w| w < smax);
+        let window = self
+            .cfg
+            .sliding_window
+            .map(|w| w as i64)
+            .filter(|&w| w < smax);
         let (q, k, dims) = match self.spec.kind {
             // Prefill attends within the prompt: positions are 0..S, padding comes last.
             GraphKind::ContextEncoding => {
@@ -310,7 +345,13 @@ impl Recorder<'_> {
 
     /// GQA attention that never materialises repeated KV heads: queries are viewed as
     /// `[B, kv_r, g, S, hd]` and batched against `[B, kv_r, T, hd]` keys.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor) -> Result<Tensor, OpError> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        allowed: &Tensor,
+    ) -> Result<Tensor, OpError> {
         let (bsz, s) = (self.spec.batch, self.spec.seq_len);
         let (q_r, kv_r, g, hd) = (
             self.plan.q_heads_per_rank,
@@ -347,7 +388,9 @@ impl Recorder<'_> {
     fn write_cache(&self, cache: &Tensor, new: &Tensor, pos: &Tensor) -> Result<Tensor, OpError> {
         let zero = self.b.scalar(DType::S32, 0.0)?;
         match (self.spec.kind, self.spec.options.decode_cache_write) {
-            (GraphKind::ContextEncoding, _) => cache.dynamic_update_slice(new, &[&zero, &zero, &zero, &zero]),
+            (GraphKind::ContextEncoding, _) => {
+                cache.dynamic_update_slice(new, &[&zero, &zero, &zero, &zero])
+            }
             (GraphKind::TokenGeneration, CacheWrite::DynamicUpdateSlice) => {
                 let p = pos.slice(&[0, 0], &[1, 1], &[1, 1])?.reshape(&[])?;
                 cache.dynamic_update_slice(new, &[&zero, &zero, &p, &zero])
@@ -397,7 +440,12 @@ impl Recorder<'_> {
         )
     }
 
-    fn greedy(&self, local_logits: &Tensor, gathered: Option<&Tensor>, rank: Option<&Tensor>) -> Result<Tensor, OpError> {
+    fn greedy(
+        &self,
+        local_logits: &Tensor,
+        gathered: Option<&Tensor>,
+        rank: Option<&Tensor>,
+    ) -> Result<Tensor, OpError> {
         let _s = self.b.scope("sampler");
         if let Some(full) = gathered {
             return full.argmax(-1, DType::S32);
@@ -411,7 +459,10 @@ impl Recorder<'_> {
         let real = col.lt(&col.scalar_like(self.plan.vocab as f64)?)?;
         let logits = real.select(local_logits, &local_logits.scalar_like(f32::MIN as f64)?)?;
         let best = logits.reduce_max(&[1])?.reshape(&[bsz, 1])?;
-        let index = logits.argmax(1, DType::S32)?.add(&offset)?.reshape(&[bsz, 1])?;
+        let index = logits
+            .argmax(1, DType::S32)?
+            .add(&offset)?
+            .reshape(&[bsz, 1])?;
         let groups = self.tp.groups();
         let (all_best, all_index) = if self.tp.is_parallel() {
             (best.all_gather(1, &groups)?, index.all_gather(1, &groups)?)
@@ -420,21 +471,40 @@ impl Recorder<'_> {
         };
         let winner = all_best.argmax(1, DType::S32)?.reshape(&[bsz, 1])?;
         let pick = self.b.iota(DType::S32, &[bsz, t], 1)?.eq(&winner)?;
-        pick.select(&all_index, &all_index.scalar_like(0.0)?)?.sum(&[1])
+        pick.select(&all_index, &all_index.scalar_like(0.0)?)?
+            .sum(&[1])
     }
 }
 
 /// Records one graph. The result is verified; lower it with [`crate::hlo::lower`].
-pub fn record(cfg: &Phi3Config, plan: &ShardPlan, spec: &GraphSpec) -> Result<RecordedGraph, BuildError> {
-    let bad = |m: String| Err(BuildError::Spec(format!("{}: {}: {m}", cfg.name, spec.name())));
+pub fn record(
+    cfg: &Phi3Config,
+    plan: &ShardPlan,
+    spec: &GraphSpec,
+) -> Result<RecordedGraph, BuildError> {
+    let bad = |m: String| {
+        Err(BuildError::Spec(format!(
+            "{}: {}: {m}",
+            cfg.name,
+            spec.name()
+        )))
+    };
     if spec.batch < 1 || spec.seq_len < 1 {
         return bad("batch and sequence length must be at least 1".into());
     }
     if spec.seq_len > spec.max_seq_len {
-        return bad(format!("bucket {} is larger than the max sequence length {}", spec.seq_len, spec.max_seq_len));
+        return bad(format!(
+            "bucket {} is larger than the max sequence length {}",
+            spec.seq_len, spec.max_seq_len
+        ));
     }
-    if spec.kind == GraphKind::TokenGeneration && spec.options.decode_cache_write == CacheWrite::DynamicUpdateSlice && spec.batch != 1 {
-        return bad("dynamic-update-slice cache writes in decode need batch 1 (use scatter)".into());
+    if spec.kind == GraphKind::TokenGeneration
+        && spec.options.decode_cache_write == CacheWrite::DynamicUpdateSlice
+        && spec.batch != 1
+    {
+        return bad(
+            "dynamic-update-slice cache writes in decode need batch 1 (use scatter)".into(),
+        );
     }
     let mut r = Recorder {
         b: GraphBuilder::new(spec.name()),
@@ -452,22 +522,43 @@ pub fn record(cfg: &Phi3Config, plan: &ShardPlan, spec: &GraphSpec) -> Result<Re
     let _model = b.scope("model");
 
     let ids = r.input("input_ids", DType::S32, &[bsz, s], InputRole::InputIds)?;
-    let pos = r.input("position_ids", DType::S32, &[bsz, s], InputRole::PositionIds)?;
-    let embed = r.weight("model.embed_tokens.weight", &[plan.vocab, plan.hidden_per_rank])?;
+    let pos = r.input(
+        "position_ids",
+        DType::S32,
+        &[bsz, s],
+        InputRole::PositionIds,
+    )?;
+    let embed = r.weight(
+        "model.embed_tokens.weight",
+        &[plan.vocab, plan.hidden_per_rank],
+    )?;
     let mut weights = Vec::with_capacity(layers);
     for l in 0..layers {
         let p = format!("model.layers.{l}");
         weights.push(LayerWeights {
             input_norm: r.weight(&format!("{p}.input_layernorm.weight"), &[h])?,
-            qkv: r.weight(&format!("{p}.self_attn.qkv_proj.weight"), &[plan.qkv_rows_per_rank(), h])?,
+            qkv: r.weight(
+                &format!("{p}.self_attn.qkv_proj.weight"),
+                &[plan.qkv_rows_per_rank(), h],
+            )?,
             o: r.weight(&format!("{p}.self_attn.o_proj.weight"), &[h, q_r * hd])?,
             post_norm: r.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-            gate_up: r.weight(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * plan.intermediate_per_rank, h])?,
-            down: r.weight(&format!("{p}.mlp.down_proj.weight"), &[h, plan.intermediate_per_rank])?,
+            gate_up: r.weight(
+                &format!("{p}.mlp.gate_up_proj.weight"),
+                &[2 * plan.intermediate_per_rank, h],
+            )?,
+            down: r.weight(
+                &format!("{p}.mlp.down_proj.weight"),
+                &[h, plan.intermediate_per_rank],
+            )?,
         });
     }
     let final_norm = r.weight("model.norm.weight", &[h])?;
-    let lm_key = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let lm_key = if cfg.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
     let lm_head = {
         let t = b.parameter("lm_head.weight", spec.dtype, &[plan.vocab_per_rank, h])?;
         r.inputs.push(IoInfo {
@@ -584,7 +675,10 @@ pub fn record(cfg: &Phi3Config, plan: &ShardPlan, spec: &GraphSpec) -> Result<Re
     }
     for (i, c) in new_caches.into_iter().enumerate() {
         let (layer, value) = (i / 2, i % 2 == 1);
-        let name = format!("past_key_values.{layer}.{}", if value { "value" } else { "key" });
+        let name = format!(
+            "past_key_values.{layer}.{}",
+            if value { "value" } else { "key" }
+        );
         b.alias_output(outputs.len(), &caches[i])?;
         outputs.push((c, OutputRole::KvCache { layer, value }, name));
     }

@@ -58,14 +58,24 @@ fn round_up(n: i64, m: i64) -> i64 {
 
 impl ShardPlan {
     pub fn new(cfg: &Phi3Config, tp: i64) -> Result<ShardPlan, ShardPlanError> {
-        let err = |m: String| Err(ShardPlanError(format!("{}: cannot shard at tp={tp}: {m}", cfg.name)));
+        let err = |m: String| {
+            Err(ShardPlanError(format!(
+                "{}: cannot shard at tp={tp}: {m}",
+                cfg.name
+            )))
+        };
         if tp < 1 {
             return err("the tensor-parallel degree must be at least 1".into());
         }
-        let (nh, nkv) = (cfg.num_attention_heads as i64, cfg.num_key_value_heads as i64);
+        let (nh, nkv) = (
+            cfg.num_attention_heads as i64,
+            cfg.num_key_value_heads as i64,
+        );
         let hidden = cfg.hidden_size as i64;
         if hidden % tp != 0 {
-            return err(format!("hidden_size {hidden} is not divisible by {tp} (the embedding is sharded on it)"));
+            return err(format!(
+                "hidden_size {hidden} is not divisible by {tp} (the embedding is sharded on it)"
+            ));
         }
         let g = nh / nkv;
         let q_heads = round_up(nh, tp);
@@ -79,18 +89,25 @@ impl ShardPlan {
         let (q_head_source, kv_head_source): (Vec<Option<i64>>, Vec<Option<i64>>) = match strategy {
             KvStrategy::Shard if nh == nkv => {
                 let src = |j: i64| (j < nh).then_some(j);
-                ((0..q_heads).map(src).collect(), (0..q_heads).map(src).collect())
+                (
+                    (0..q_heads).map(src).collect(),
+                    (0..q_heads).map(src).collect(),
+                )
             }
             KvStrategy::Shard => {
                 if q_heads != nh {
-                    return err(format!("{nh} query heads need padding but {nkv} KV heads are sharded as-is"));
+                    return err(format!(
+                        "{nh} query heads need padding but {nkv} KV heads are sharded as-is"
+                    ));
                 }
                 ((0..nh).map(Some).collect(), (0..nkv).map(Some).collect())
             }
             KvStrategy::ReplicateToTpDegree => {
                 // Interleaved padding: each group of `g` query heads grows to `q_heads / nkv`.
                 if q_heads % nkv != 0 {
-                    return err(format!("{q_heads} padded query heads do not split into {nkv} groups"));
+                    return err(format!(
+                        "{q_heads} padded query heads do not split into {nkv} groups"
+                    ));
                 }
                 let per_group = q_heads / nkv;
                 let q = (0..q_heads)
@@ -114,7 +131,9 @@ impl ShardPlan {
         }
         let (q_r, kv_r) = (q_heads / tp, kv_heads / tp);
         if q_r % kv_r != 0 {
-            return err(format!("{q_r} query heads per rank are not a multiple of {kv_r} KV heads per rank"));
+            return err(format!(
+                "{q_r} query heads per rank are not a multiple of {kv_r} KV heads per rank"
+            ));
         }
         // Every real query head must land on a rank next to the KV head it reads.
         let local_group = q_r / kv_r;
@@ -123,7 +142,10 @@ impl ShardPlan {
             let (rank, local) = (j as i64 / q_r, j as i64 % q_r);
             let kv_global = rank * kv_r + local / local_group;
             if kv_head_source[kv_global as usize] != Some(src / g) {
-                return err(format!("query head {src} would not sit with its KV head {}", src / g));
+                return err(format!(
+                    "query head {src} would not sit with its KV head {}",
+                    src / g
+                ));
             }
         }
         let inter = cfg.intermediate_size as i64;
@@ -189,10 +211,20 @@ mod tests {
         ];
         for (name, tp, q, kv) in cases {
             let p = plan(name, tp);
-            assert_eq!((p.q_heads_per_rank, p.kv_heads_per_rank), (q, kv), "{name} tp={tp}");
+            assert_eq!(
+                (p.q_heads_per_rank, p.kv_heads_per_rank),
+                (q, kv),
+                "{name} tp={tp}"
+            );
         }
-        assert_eq!(plan("phi-4-mini", 16).strategy, KvStrategy::ReplicateToTpDegree);
-        assert_eq!(plan("phi-3-medium-4k", 8).strategy, KvStrategy::ConvertToMha);
+        assert_eq!(
+            plan("phi-4-mini", 16).strategy,
+            KvStrategy::ReplicateToTpDegree
+        );
+        assert_eq!(
+            plan("phi-3-medium-4k", 8).strategy,
+            KvStrategy::ConvertToMha
+        );
         assert_eq!(plan("phi-4-mini", 32).vocab_padded, 200064);
         assert_eq!(plan("phi-3-mini-4k", 32).vocab_padded, 32064);
         assert_eq!(plan("phi-3-mini-4k", 24).q_heads, 48);
@@ -208,7 +240,13 @@ mod tests {
     #[test]
     fn rejects_impossible_degrees() {
         let cfg = Phi3Config::embedded("phi-3-mini-4k").unwrap();
-        assert!(ShardPlan::new(&cfg, 0).unwrap_err().to_string().contains("at least 1"));
-        assert!(ShardPlan::new(&cfg, 7).unwrap_err().to_string().contains("hidden_size 3072 is not divisible by 7"));
+        assert!(ShardPlan::new(&cfg, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
+        assert!(ShardPlan::new(&cfg, 7)
+            .unwrap_err()
+            .to_string()
+            .contains("hidden_size 3072 is not divisible by 7"));
     }
 }
