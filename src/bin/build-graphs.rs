@@ -4,17 +4,18 @@
 //! Phi-3-mini-4k-instruct config at tp 2, batch 1, with no weights and no network.
 
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use phi3_neuron::dsl::DType;
-use phi3_neuron::hlo::{lower, print_module, LowerOptions, PrintOptions};
 use phi3_neuron::models::phi3::config::embedded_names;
-use phi3_neuron::models::phi3::graph::record;
+use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions, NormImpl};
 use phi3_neuron::models::phi3::{GraphKind, GraphSpec, Phi3Config, ShardPlan};
 use phi3_neuron::neuron::artifacts::write_atomic;
+use phi3_neuron::neuron::graphset::{build_graph, to_dot, BuiltGraph};
 use phi3_neuron::neuron::manifest::{graph_entry, manifest, GraphArtifact};
 use phi3_neuron::neuron::{default_compiler_flags, Target};
-use prost::Message;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -57,6 +58,44 @@ struct Args {
     target: String,
     #[arg(long)]
     list_models: bool,
+    /// Print per-graph statistics and Neuron lint findings.
+    #[arg(long)]
+    stats: bool,
+    /// Also write <graph>.dot: the IR as Graphviz, collapsed by scope (model/layers.N/...).
+    #[arg(long)]
+    dot: bool,
+    /// Graphs built in parallel (default: available cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Decode cache write: scatter (NxD's) or dus (dynamic-update-slice, batch 1).
+    #[arg(long, default_value = "scatter")]
+    cache_write: String,
+    /// On-device sampling: none, or greedy (an argmax; outside Neuron's documented op set).
+    #[arg(long, default_value = "none")]
+    sampling: String,
+    /// Logits: gathered (full vocab on every rank) or sharded (each rank's vocab slice).
+    #[arg(long, default_value = "gathered")]
+    logits: String,
+    /// RMSNorm: primitives, or custom-call (Neuron's AwsNeuronRmsNorm; cannot run on CPU).
+    #[arg(long, default_value = "primitives")]
+    rmsnorm: String,
+}
+
+fn graph_options(args: &Args) -> Result<GraphOptions, String> {
+    let pick = |flag: &str, v: &str, options: &[&str]| -> Result<usize, String> {
+        options
+            .iter()
+            .position(|o| *o == v)
+            .ok_or_else(|| format!("--{flag} must be one of {}, got `{v}`", options.join(", ")))
+    };
+    Ok(GraphOptions {
+        decode_cache_write: [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice]
+            [pick("cache-write", &args.cache_write, &["scatter", "dus"])?],
+        on_device_greedy: pick("sampling", &args.sampling, &["none", "greedy"])? == 1,
+        gather_logits: pick("logits", &args.logits, &["gathered", "sharded"])? == 0,
+        rms_norm: [NormImpl::Primitives, NormImpl::NeuronCustomCall]
+            [pick("rmsnorm", &args.rmsnorm, &["primitives", "custom-call"])?],
+    })
 }
 
 fn main() -> ExitCode {
@@ -120,6 +159,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    let options = graph_options(&args)?;
     let mut specs = Vec::new();
     for &kind in &kinds {
         let lengths: Vec<i64> = match (kind, args.max_seq_len) {
@@ -128,12 +168,14 @@ fn run(args: Args) -> Result<(), String> {
         };
         for b in lengths {
             let max = args.max_seq_len.unwrap_or(b);
-            specs.push(match kind {
+            let mut spec = match kind {
                 GraphKind::ContextEncoding => {
                     GraphSpec::context_encoding(args.batch, b, max, dtype)
                 }
                 GraphKind::TokenGeneration => GraphSpec::token_generation(args.batch, max, dtype),
-            });
+            };
+            spec.options = options.clone();
+            specs.push(spec);
         }
     }
 
@@ -142,68 +184,39 @@ fn run(args: Args) -> Result<(), String> {
         .join(model_dir_name(&cfg.name))
         .join(format!("tp{}", args.tp));
     let total = Instant::now();
-    let mut rows = Vec::new();
+    let built = build_all(&cfg, &plan, &specs, args.jobs)?;
+
     let mut entries = Vec::new();
-    for spec in &specs {
-        let start = Instant::now();
-        let recorded = record(&cfg, &plan, spec).map_err(|e| e.to_string())?;
-        let mut graph = recorded.graph.clone();
-        phi3_neuron::ir::passes::optimize(&mut graph);
-        let module = lower(&graph, &LowerOptions::default()).map_err(|e| e.to_string())?;
-        let bytes = module.encode_to_vec();
+    for b in &built {
+        let name = b.recorded.spec.name();
         let mut files = Vec::new();
-        let name = spec.name();
+        let mut write = |file: String, bytes: &[u8]| -> Result<(), String> {
+            let path = dir.join(&file);
+            write_atomic(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            files.push(file);
+            Ok(())
+        };
         if write_pb {
-            let f = format!("{name}.hlo.pb");
-            write_atomic(&dir.join(&f), &bytes)
-                .map_err(|e| format!("{}: {e}", dir.join(&f).display()))?;
-            files.push(f);
+            write(format!("{name}.hlo.pb"), &b.bytes)?;
         }
         if write_txt {
-            let f = format!("{name}.hlo.txt");
-            let text = print_module(
-                &module,
-                &PrintOptions {
-                    replica_count: Some(args.tp),
-                },
-            );
-            write_atomic(&dir.join(&f), text.as_bytes())
-                .map_err(|e| format!("{}: {e}", dir.join(&f).display()))?;
-            files.push(f);
+            write(format!("{name}.hlo.txt"), b.text(args.tp).as_bytes())?;
         }
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        let instrs: usize = module
-            .computations
-            .iter()
-            .map(|c| c.instructions.len())
-            .sum();
-        let collectives = module
-            .computations
-            .iter()
-            .flat_map(|c| &c.instructions)
-            .filter(|i| {
-                matches!(
-                    i.opcode.as_str(),
-                    "all-reduce" | "all-gather" | "reduce-scatter"
-                )
-            })
-            .count();
-        rows.push((
-            name,
-            recorded.inputs.len(),
-            instrs,
-            collectives,
-            bytes.len(),
-            ms,
-        ));
-        let mut r = recorded;
-        r.graph = graph;
+        if args.dot {
+            write(
+                format!("{name}.dot"),
+                to_dot(&b.recorded.graph, 3).as_bytes(),
+            )?;
+        }
         entries.push(graph_entry(
             &GraphArtifact {
-                recorded: &r,
-                proto_bytes: &bytes,
+                recorded: &b.recorded,
+                proto_bytes: &b.bytes,
                 files,
-                compiler_flags: default_compiler_flags(spec.kind, target),
+                compiler_flags: default_compiler_flags(b.recorded.spec.kind, target),
+                stats: &b.stats,
+                findings: &b.findings,
+                compile: None,
             },
             &plan,
         ));
@@ -227,12 +240,23 @@ fn run(args: Args) -> Result<(), String> {
         "{:<16} {:>7} {:>8} {:>11} {:>12} {:>9}",
         "graph", "params", "instrs", "collectives", "proto bytes", "build ms"
     );
-    for (name, params, instrs, coll, bytes, ms) in &rows {
-        println!("{name:<16} {params:>7} {instrs:>8} {coll:>11} {bytes:>12} {ms:>9.1}");
+    for b in &built {
+        println!(
+            "{:<16} {:>7} {:>8} {:>11} {:>12} {:>9.1}",
+            b.recorded.spec.name(),
+            b.stats.parameters,
+            b.stats.instructions,
+            b.stats.collectives,
+            b.bytes.len(),
+            b.build_ms
+        );
+    }
+    if args.stats {
+        print_stats(&built);
     }
     println!(
         "{} graphs for {} (tp {}, {} layers) in {:.0} ms → {}",
-        rows.len(),
+        built.len(),
         cfg.name,
         args.tp,
         cfg.num_hidden_layers,
@@ -240,6 +264,99 @@ fn run(args: Args) -> Result<(), String> {
         dir.display()
     );
     Ok(())
+}
+
+/// Builds every graph, `jobs` at a time, keeping the input order.
+fn build_all(
+    cfg: &Phi3Config,
+    plan: &ShardPlan,
+    specs: &[GraphSpec],
+    jobs: Option<usize>,
+) -> Result<Vec<BuiltGraph>, String> {
+    let jobs = jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .clamp(1, specs.len().max(1));
+    let progress = ProgressBar::new(specs.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} graphs").expect("valid template"),
+    );
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Option<Result<BuiltGraph, String>>>> =
+        Mutex::new((0..specs.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().expect("no panics while holding the lock");
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(spec) = specs.get(i) else { break };
+                let r = build_graph(cfg, plan, spec).map_err(|e| e.to_string());
+                progress.inc(1);
+                results.lock().expect("no panics while holding the lock")[i] = Some(r);
+            });
+        }
+    });
+    progress.finish_and_clear();
+    results
+        .into_inner()
+        .expect("no panics while holding the lock")
+        .into_iter()
+        .map(|r| r.expect("every graph was built"))
+        .collect()
+}
+
+fn print_stats(built: &[BuiltGraph]) {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!();
+    println!(
+        "{:<16} {:>12} {:>11} {:>10} {:>11} {:>11} {:>14} {:>10}",
+        "graph",
+        "GFLOP (dot)",
+        "weight MiB",
+        "KV MiB",
+        "activ. MiB",
+        "collectives",
+        "coll. MiB/rank",
+        "lint"
+    );
+    for b in built {
+        let flagged = b.findings.iter().filter(|f| f.is_flagged()).count();
+        println!(
+            "{:<16} {:>12.2} {:>11.1} {:>10.1} {:>11.1} {:>11} {:>14.2} {:>10}",
+            b.recorded.spec.name(),
+            b.stats.dot_flops as f64 / 1e9,
+            mib(b.weight_bytes),
+            mib(b.kv_bytes),
+            mib(b.stats.activation_bytes),
+            b.stats.collectives,
+            mib(b.stats.collective_bytes),
+            if flagged == 0 {
+                "clean".to_string()
+            } else {
+                format!("{flagged} flagged")
+            }
+        );
+    }
+    for b in built {
+        println!("\n{} op histogram:", b.recorded.spec.name());
+        let mut ops: Vec<(&String, &usize)> = b.stats.op_histogram.iter().collect();
+        ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let line: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        println!("  {}", line.join(", "));
+        for f in b.findings.iter().filter(|f| f.is_flagged()) {
+            println!(
+                "  lint: {} {} at {}: {}",
+                f.opcode, f.instruction, f.scope, f.message
+            );
+        }
+    }
 }
 
 /// A folder name from an embedded name or a config path.

@@ -52,10 +52,11 @@ pub fn softmax_f32(x: &Tensor) -> Result<Tensor, OpError> {
     e.div(&sum)
 }
 
-/// `x * sigmoid(x)`.
+/// `x * sigmoid(x)`, written as `x / (1 + exp(-x))`: `logistic` is outside the op set Neuron
+/// documents, while exp, add and divide are inside it.
 #[track_caller]
 pub fn silu(x: &Tensor) -> Result<Tensor, OpError> {
-    x.mul(&x.logistic()?)
+    x.div(&x.neg()?.exp()?.add_scalar(1.0)?)
 }
 
 /// NeoX `rotate_half` on the last dim: `cat(-x[d/2:], x[:d/2])`.

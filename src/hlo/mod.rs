@@ -2,6 +2,7 @@
 
 pub mod emit;
 pub mod lower;
+pub mod stats;
 pub mod text;
 
 pub use lower::{lower, LowerOptions};

@@ -70,6 +70,10 @@ pub struct GraphArtifact<'a> {
     pub proto_bytes: &'a [u8],
     pub files: Vec<String>,
     pub compiler_flags: Vec<String>,
+    pub stats: &'a crate::hlo::stats::ModuleStats,
+    pub findings: &'a [crate::neuron::lint::Finding],
+    /// Filled in by `--compile`: NEFF file, size, compile seconds, cache hit.
+    pub compile: Option<Value>,
 }
 
 pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
@@ -115,6 +119,22 @@ pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
         "inputs": inputs,
         "outputs": outputs,
         "aliases": g.graph.aliases.iter().map(|a| json!({ "output": a.output, "parameter": a.parameter })).collect::<Vec<_>>(),
+        "stats": {
+            "instructions": a.stats.instructions,
+            "parameters": a.stats.parameters,
+            "dot_flops": a.stats.dot_flops,
+            "collectives": a.stats.collectives,
+            "collective_bytes_per_rank": a.stats.collective_bytes,
+            "op_histogram": a.stats.op_histogram,
+        },
+        "neuron_lint": {
+            "clean": a.findings.iter().all(|f| !f.is_flagged()),
+            "allow_listed": allow_listed_counts(a.findings),
+            "flagged": a.findings.iter().filter(|f| f.is_flagged()).map(|f| json!({
+                "instruction": f.instruction, "opcode": f.opcode, "message": f.message, "scope": f.scope,
+            })).collect::<Vec<_>>(),
+        },
+        "compile": a.compile,
     })
 }
 
@@ -159,4 +179,14 @@ pub fn manifest(
         },
         "graphs": graphs,
     })
+}
+
+fn allow_listed_counts(
+    findings: &[crate::neuron::lint::Finding],
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for f in findings.iter().filter(|f| !f.is_flagged()) {
+        *counts.entry(format!("{:?}", f.allowance)).or_default() += 1;
+    }
+    counts
 }

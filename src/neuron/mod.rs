@@ -57,4 +57,6 @@ pub fn default_compiler_flags(kind: GraphKind, target: Target) -> Vec<String> {
 }
 
 pub mod artifacts;
+pub mod graphset;
+pub mod lint;
 pub mod manifest;

@@ -3,6 +3,8 @@
 pub mod config;
 pub mod graph;
 pub mod plan;
+pub mod runner;
+pub mod weights;
 
 pub use config::Phi3Config;
 pub use graph::{GraphKind, GraphOptions, GraphSpec};

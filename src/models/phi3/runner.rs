@@ -1,0 +1,312 @@
+//! Runs Phi-3 graphs on a PJRT plugin, one device per tensor-parallel rank. This is what the
+//! `phi3` binary and the numeric tests against Hugging Face use. Batch 1, greedy decoding.
+//!
+//! Generation follows HF `generate` exactly, including its one quirk for Phi-3: once the
+//! sequence reaches `original_max_position_embeddings + 1` tokens while the cache holds at
+//! most that many, HF drops the cache and re-encodes the whole sequence (with LongRoPE's long
+//! factors from then on). The runner re-runs context encoding at that point too.
+
+use super::config::Phi3Config;
+use super::graph::{record, BuildError, GraphSpec, InputRole, RecordedGraph};
+use super::plan::ShardPlan;
+use crate::dsl::DType;
+use crate::hlo::{lower, LowerOptions};
+use pjrt_runtime::{
+    Arg, Buffer, Client, ClientOptions, CompileOptions, ElementType, LoadedExecutable, Plugin,
+};
+use std::collections::HashMap;
+use std::fmt;
+
+#[derive(Debug)]
+pub enum RunError {
+    Build(BuildError),
+    Runtime(pjrt_runtime::Error),
+    Input(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Build(e) => write!(f, "{e}"),
+            RunError::Runtime(e) => write!(f, "runtime: {e}"),
+            RunError::Input(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<pjrt_runtime::Error> for RunError {
+    fn from(e: pjrt_runtime::Error) -> Self {
+        RunError::Runtime(e)
+    }
+}
+
+impl From<BuildError> for RunError {
+    fn from(e: BuildError) -> Self {
+        RunError::Build(e)
+    }
+}
+
+/// One weight shard ready for upload: name (the graph parameter name), dims, and
+/// little-endian bytes in the graph's dtype.
+pub struct HostTensor {
+    pub name: String,
+    pub dims: Vec<i64>,
+    pub bytes: Vec<u8>,
+}
+
+pub fn element_type(d: DType) -> ElementType {
+    match d {
+        DType::Pred => ElementType::Pred,
+        DType::S8 => ElementType::S8,
+        DType::S32 => ElementType::S32,
+        DType::S64 => ElementType::S64,
+        DType::U8 => ElementType::U8,
+        DType::U32 => ElementType::U32,
+        DType::F16 => ElementType::F16,
+        DType::BF16 => ElementType::BF16,
+        DType::F32 => ElementType::F32,
+        DType::F64 => ElementType::F64,
+    }
+}
+
+struct Compiled {
+    graph: RecordedGraph,
+    exe: LoadedExecutable,
+}
+
+pub struct Runner {
+    cfg: Phi3Config,
+    plan: ShardPlan,
+    dtype: DType,
+    max_seq_len: i64,
+    client: Client,
+    cte: Compiled,
+    tkg: Compiled,
+    /// `[rank][weight]`, in the graph's weight order.
+    weights: Vec<Vec<Buffer>>,
+}
+
+impl Runner {
+    /// Builds and compiles the prefill graph (bucket = `max_seq_len`) and the decode graph for
+    /// `tp` CPU devices, and uploads each rank's weight shards (`shards[rank]`).
+    pub fn new(
+        plugin: &Plugin,
+        cfg: &Phi3Config,
+        tp: i64,
+        dtype: DType,
+        max_seq_len: i64,
+        shards: Vec<Vec<HostTensor>>,
+    ) -> Result<Runner, RunError> {
+        let plan = ShardPlan::new(cfg, tp).map_err(|e| RunError::Input(e.to_string()))?;
+        if shards.len() != tp as usize {
+            return Err(RunError::Input(format!(
+                "expected weight shards for {tp} ranks, got {}",
+                shards.len()
+            )));
+        }
+        let client = Client::new(
+            plugin,
+            &ClientOptions {
+                cpu_device_count: Some(tp),
+            },
+        )?;
+        let compile = |spec: GraphSpec| -> Result<Compiled, RunError> {
+            let graph = record(cfg, &plan, &spec)?;
+            let mut optimized = graph.graph.clone();
+            crate::ir::passes::optimize(&mut optimized);
+            let module = lower(&optimized, &LowerOptions::default())
+                .map_err(|e| RunError::Build(BuildError::Verify(e)))?;
+            let exe = client.compile(&module, &CompileOptions::replicas(tp))?;
+            Ok(Compiled { graph, exe })
+        };
+        let cte = compile(GraphSpec::context_encoding(
+            1,
+            max_seq_len,
+            max_seq_len,
+            dtype,
+        ))?;
+        let tkg = compile(GraphSpec::token_generation(1, max_seq_len, dtype))?;
+
+        let mut weights = Vec::with_capacity(tp as usize);
+        for (rank, shard) in shards.into_iter().enumerate() {
+            let mut by_name: HashMap<String, HostTensor> =
+                shard.into_iter().map(|t| (t.name.clone(), t)).collect();
+            let mut bufs = Vec::new();
+            for input in &cte.graph.inputs {
+                if !matches!(input.role, InputRole::Weight { .. }) {
+                    continue;
+                }
+                let t = by_name.remove(&input.name).ok_or_else(|| {
+                    RunError::Input(format!(
+                        "rank {rank}: no weight shard for graph input `{}`",
+                        input.name
+                    ))
+                })?;
+                if t.dims != input.ty.dims {
+                    return Err(RunError::Input(format!(
+                        "rank {rank}: weight `{}` has dims {:?}, the graph expects {:?}",
+                        t.name, t.dims, input.ty.dims
+                    )));
+                }
+                bufs.push(client.buffer_from_host(&t.bytes, element_type(dtype), &t.dims, rank)?);
+            }
+            weights.push(bufs);
+        }
+        Ok(Runner {
+            cfg: cfg.clone(),
+            plan,
+            dtype,
+            max_seq_len,
+            client,
+            cte,
+            tkg,
+            weights,
+        })
+    }
+
+    fn zero_caches(&self) -> Result<Vec<Vec<Buffer>>, RunError> {
+        let mut all = Vec::new();
+        for rank in 0..self.plan.tp as usize {
+            let mut caches = Vec::new();
+            for input in &self.cte.graph.inputs {
+                if let InputRole::KvCache { .. } = input.role {
+                    let bytes = vec![0u8; input.ty.byte_size() as usize];
+                    caches.push(self.client.buffer_from_host(
+                        &bytes,
+                        element_type(self.dtype),
+                        &input.ty.dims,
+                        rank,
+                    )?);
+                }
+            }
+            all.push(caches);
+        }
+        Ok(all)
+    }
+
+    /// Runs one graph on every rank; returns rank 0's logits and every rank's new caches.
+    fn step(
+        &self,
+        which: &Compiled,
+        ids: &[i32],
+        positions: &[i32],
+        caches: Vec<Vec<Buffer>>,
+    ) -> Result<(Vec<f32>, Vec<Vec<Buffer>>), RunError> {
+        let s = ids.len() as i64;
+        let tp = self.plan.tp as usize;
+        let mut per_rank_inputs = Vec::with_capacity(tp);
+        for rank in 0..tp {
+            let ids = self.client.buffer_from_slice(ids, &[1, s], rank)?;
+            let pos = self.client.buffer_from_slice(positions, &[1, s], rank)?;
+            let rank_buf = self.client.buffer_from_scalar(rank as i32, rank)?;
+            per_rank_inputs.push((ids, pos, rank_buf));
+        }
+        let mut args = Vec::with_capacity(tp);
+        for (rank, rank_caches) in caches.into_iter().enumerate() {
+            let (ids, pos, rank_buf) = &per_rank_inputs[rank];
+            let mut weights = self.weights[rank].iter();
+            let mut caches = rank_caches.into_iter();
+            let mut list = Vec::new();
+            for input in &which.graph.inputs {
+                list.push(match input.role {
+                    InputRole::InputIds => Arg::Borrow(ids),
+                    InputRole::PositionIds => Arg::Borrow(pos),
+                    InputRole::Weight { .. } => {
+                        Arg::Borrow(weights.next().expect("weights match the graph"))
+                    }
+                    InputRole::Rank => Arg::Borrow(rank_buf),
+                    InputRole::KvCache { .. } => {
+                        Arg::Donate(caches.next().expect("caches match the graph"))
+                    }
+                });
+            }
+            args.push(list);
+        }
+        let outputs = which.exe.execute(args)?;
+        let logits = outputs[0][0].to_vec::<f32>()?;
+        let caches = outputs.into_iter().map(|mut o| o.split_off(1)).collect();
+        Ok((logits, caches))
+    }
+
+    fn prefill(&self, tokens: &[i32]) -> Result<(Vec<f32>, Vec<Vec<Buffer>>), RunError> {
+        let s = self.max_seq_len as usize;
+        if tokens.is_empty() || tokens.len() > s {
+            return Err(RunError::Input(format!(
+                "prompt of {} tokens does not fit in {s}",
+                tokens.len()
+            )));
+        }
+        // Padding goes after the prompt with position 0; the graph reads the logits at the first
+        // index holding the largest position, and decode overwrites the padded cache rows.
+        let mut ids = vec![0i32; s];
+        let mut pos = vec![0i32; s];
+        for (i, &t) in tokens.iter().enumerate() {
+            ids[i] = t;
+            pos[i] = i as i32;
+        }
+        self.step(&self.cte, &ids, &pos, self.zero_caches()?)
+    }
+
+    fn check_ids(&self, tokens: &[i32]) -> Result<(), RunError> {
+        let vocab = self.cfg.vocab_size as i32;
+        if let Some(t) = tokens.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(RunError::Input(format!(
+                "token id {t} is outside the vocabulary [0, {vocab})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Logits of the last prompt position.
+    pub fn last_logits(&self, prompt: &[i32]) -> Result<Vec<f32>, RunError> {
+        self.check_ids(prompt)?;
+        Ok(self.prefill(prompt)?.0)
+    }
+
+    /// Greedy generation of `max_new` tokens (the new tokens only).
+    pub fn generate(&self, prompt: &[i32], max_new: usize) -> Result<Vec<i32>, RunError> {
+        self.check_ids(prompt)?;
+        if prompt.len() + max_new > self.max_seq_len as usize + 1 {
+            return Err(RunError::Input(format!(
+                "{} prompt + {max_new} new tokens exceed the cache length {}",
+                prompt.len(),
+                self.max_seq_len
+            )));
+        }
+        let omax = self.cfg.original_max_position_embeddings;
+        let mut tokens = prompt.to_vec();
+        let (mut logits, mut caches) = self.prefill(&tokens)?;
+        let mut cached = tokens.len();
+        let mut out = Vec::with_capacity(max_new);
+        for step in 0..max_new {
+            let next = argmax(&logits);
+            out.push(next);
+            tokens.push(next);
+            if step + 1 == max_new {
+                break;
+            }
+            if tokens.len() > omax && cached <= omax {
+                // HF's Phi-3 re-encodes the whole sequence when it first crosses the boundary.
+                (logits, caches) = self.prefill(&tokens)?;
+            } else {
+                let pos = (tokens.len() - 1) as i32;
+                (logits, caches) = self.step(&self.tkg, &[next], &[pos], caches)?;
+            }
+            cached = tokens.len();
+        }
+        Ok(out)
+    }
+}
+
+/// Index of the largest logit, the first among ties (as `torch.argmax`).
+pub fn argmax(logits: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
