@@ -57,6 +57,7 @@ pub fn default_compiler_flags(kind: GraphKind, target: Target) -> Vec<String> {
 }
 
 pub mod artifacts;
+pub mod driver;
 pub mod graphset;
 pub mod lint;
 pub mod manifest;

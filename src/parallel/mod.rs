@@ -3,7 +3,7 @@
 //! its shard of the weights. Weights keep the Hugging Face `[out, in]` layout, so a linear is
 //! a `dot` contracting the activation's last dim with the weight's dim 1 (no transpose op).
 
-use crate::dsl::{DotDims, OpError, ReduceKind, ReplicaGroups, Tensor};
+use crate::dsl::{DType, DotDims, OpError, ReduceKind, ReplicaGroups, Tensor};
 
 /// The tensor-parallel group: `degree` ranks, all in one replica group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,17 +25,22 @@ impl TensorParallel {
     }
 }
 
-/// `x · wᵀ` for a weight stored `[out, in]`: `[..., in] → [..., out]`.
+/// `x · wᵀ` for a weight stored `[out, in]`: `[..., in] → [..., out]`. Low-precision inputs
+/// accumulate in f32 (the dot's result type) and round once at the end, as Neuron's matmul
+/// engine and PyTorch's CPU/GPU bf16 matmuls do.
 #[track_caller]
 pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, OpError> {
-    x.dot_general(
-        weight,
-        DotDims {
-            lhs_contracting: vec![x.rank() as i64 - 1],
-            rhs_contracting: vec![1],
-            ..Default::default()
-        },
-    )
+    let dims = DotDims {
+        lhs_contracting: vec![x.rank() as i64 - 1],
+        rhs_contracting: vec![1],
+        ..Default::default()
+    };
+    match x.dtype() {
+        DType::BF16 | DType::F16 => x
+            .dot_general_to(weight, dims, DType::F32)?
+            .convert(x.dtype()),
+        _ => x.dot_general(weight, dims),
+    }
 }
 
 /// Column-parallel linear: each rank holds `out/t` rows of the weight and produces that slice

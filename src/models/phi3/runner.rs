@@ -9,18 +9,19 @@
 use super::config::Phi3Config;
 use super::graph::{record, BuildError, GraphSpec, InputRole, RecordedGraph};
 use super::plan::ShardPlan;
+use super::weights::{shard_for_rank, Checkpoint, RankWeights, WeightsError};
 use crate::dsl::DType;
 use crate::hlo::{lower, LowerOptions};
 use pjrt_runtime::{
     Arg, Buffer, Client, ClientOptions, CompileOptions, ElementType, LoadedExecutable, Plugin,
 };
-use std::collections::HashMap;
 use std::fmt;
 
 #[derive(Debug)]
 pub enum RunError {
     Build(BuildError),
     Runtime(pjrt_runtime::Error),
+    Weights(WeightsError),
     Input(String),
 }
 
@@ -29,6 +30,7 @@ impl fmt::Display for RunError {
         match self {
             RunError::Build(e) => write!(f, "{e}"),
             RunError::Runtime(e) => write!(f, "runtime: {e}"),
+            RunError::Weights(e) => write!(f, "{e}"),
             RunError::Input(m) => write!(f, "{m}"),
         }
     }
@@ -42,18 +44,16 @@ impl From<pjrt_runtime::Error> for RunError {
     }
 }
 
+impl From<WeightsError> for RunError {
+    fn from(e: WeightsError) -> Self {
+        RunError::Weights(e)
+    }
+}
+
 impl From<BuildError> for RunError {
     fn from(e: BuildError) -> Self {
         RunError::Build(e)
     }
-}
-
-/// One weight shard ready for upload: name (the graph parameter name), dims, and
-/// little-endian bytes in the graph's dtype.
-pub struct HostTensor {
-    pub name: String,
-    pub dims: Vec<i64>,
-    pub bytes: Vec<u8>,
 }
 
 pub fn element_type(d: DType) -> ElementType {
@@ -89,6 +89,25 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// Loads a Hugging Face checkpoint folder (`config.json` plus safetensors), shards it for
+    /// `tp` ranks and builds a runner whose cache holds `max_seq_len` tokens.
+    pub fn from_checkpoint(
+        plugin: &Plugin,
+        model_dir: &std::path::Path,
+        tp: i64,
+        dtype: DType,
+        max_seq_len: i64,
+    ) -> Result<Runner, RunError> {
+        let cfg = Phi3Config::from_file(&model_dir.join("config.json"))
+            .map_err(|e| RunError::Input(e.to_string()))?;
+        let plan = ShardPlan::new(&cfg, tp).map_err(|e| RunError::Input(e.to_string()))?;
+        let ckpt = Checkpoint::open(model_dir)?;
+        let shards = (0..tp)
+            .map(|r| shard_for_rank(&ckpt, &cfg, &plan, r, dtype))
+            .collect::<Result<Vec<_>, _>>()?;
+        Runner::new(plugin, &cfg, tp, dtype, max_seq_len, &shards)
+    }
+
     /// Builds and compiles the prefill graph (bucket = `max_seq_len`) and the decode graph for
     /// `tp` CPU devices, and uploads each rank's weight shards (`shards[rank]`).
     pub fn new(
@@ -97,7 +116,7 @@ impl Runner {
         tp: i64,
         dtype: DType,
         max_seq_len: i64,
-        shards: Vec<Vec<HostTensor>>,
+        shards: &[RankWeights],
     ) -> Result<Runner, RunError> {
         let plan = ShardPlan::new(cfg, tp).map_err(|e| RunError::Input(e.to_string()))?;
         if shards.len() != tp as usize {
@@ -130,27 +149,15 @@ impl Runner {
         let tkg = compile(GraphSpec::token_generation(1, max_seq_len, dtype))?;
 
         let mut weights = Vec::with_capacity(tp as usize);
-        for (rank, shard) in shards.into_iter().enumerate() {
-            let mut by_name: HashMap<String, HostTensor> =
-                shard.into_iter().map(|t| (t.name.clone(), t)).collect();
+        for (rank, shard) in shards.iter().enumerate() {
             let mut bufs = Vec::new();
-            for input in &cte.graph.inputs {
-                if !matches!(input.role, InputRole::Weight { .. }) {
-                    continue;
-                }
-                let t = by_name.remove(&input.name).ok_or_else(|| {
-                    RunError::Input(format!(
-                        "rank {rank}: no weight shard for graph input `{}`",
-                        input.name
-                    ))
-                })?;
-                if t.dims != input.ty.dims {
-                    return Err(RunError::Input(format!(
-                        "rank {rank}: weight `{}` has dims {:?}, the graph expects {:?}",
-                        t.name, t.dims, input.ty.dims
-                    )));
-                }
-                bufs.push(client.buffer_from_host(&t.bytes, element_type(dtype), &t.dims, rank)?);
+            for t in shard.for_graph_inputs(&cte.graph.inputs)? {
+                bufs.push(client.buffer_from_host(
+                    &t.bytes,
+                    element_type(t.dtype),
+                    &t.dims,
+                    rank,
+                )?);
             }
             weights.push(bufs);
         }

@@ -37,8 +37,8 @@ fn run() -> Result<()> {
     let [proto_dir, out_path] = args.as_slice() else {
         return Err("usage: protogen <proto-dir> <output-file>".into());
     };
-    let proto_dir = fs::canonicalize(proto_dir)
-        .map_err(|e| format!("proto dir {proto_dir}: {e}"))?;
+    let proto_dir =
+        fs::canonicalize(proto_dir).map_err(|e| format!("proto dir {proto_dir}: {e}"))?;
     let out_path = PathBuf::from(out_path);
 
     let protoc = protobuf_src::protoc();
@@ -99,7 +99,9 @@ fn rustfmt(code: &str, config_dir: &Path) -> Result<String> {
     let input = code.to_owned();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output()?;
-    writer.join().map_err(|_| "rustfmt: stdin writer panicked")??;
+    writer
+        .join()
+        .map_err(|_| "rustfmt: stdin writer panicked")??;
     if !out.status.success() {
         return Err(format!("rustfmt failed ({})", out.status).into());
     }

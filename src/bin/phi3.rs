@@ -1,0 +1,100 @@
+//! Runs a Phi-3 checkpoint through the compiled graphs on the PJRT CPU plugin, one device
+//! per tensor-parallel rank, and prints JSON. The command lines are a stable contract:
+//!
+//! ```text
+//! phi3 logits   --model DIR --prompt-ids 1,2,3 [--tp N] [--dtype f32|bf16]
+//! phi3 generate --model DIR --prompt-ids 1,2,3 --max-new-tokens K [--tp N] [--dtype f32|bf16]
+//! ```
+//!
+//! `logits` prints `{"last_logits": [...]}`, `generate` prints `{"tokens": [...]}` (the new
+//! tokens only, greedy). The plugin comes from `PJRT_PLUGIN` (`tools/install-pjrt-plugin`).
+
+use clap::{Args, Parser, Subcommand};
+use phi3_neuron::dsl::DType;
+use phi3_neuron::models::phi3::runner::Runner;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "Run Phi-3 graphs on the PJRT CPU plugin")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the logits of the last prompt position.
+    Logits(Common),
+    /// Greedily generate new tokens.
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        max_new_tokens: usize,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Hugging Face model folder: config.json plus model.safetensors (or a sharded index).
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated prompt token ids.
+    #[arg(long, value_delimiter = ',', required = true)]
+    prompt_ids: Vec<i32>,
+    /// Tensor-parallel degree: the number of CPU devices.
+    #[arg(long, default_value_t = 1)]
+    tp: i64,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("phi3: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runner(c: &Common, new_tokens: usize) -> Result<Runner, String> {
+    let dtype = match c.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => return Err(format!("--dtype must be f32 or bf16, got `{other}`")),
+    };
+    if c.tp < 1 {
+        return Err(format!("--tp must be at least 1, got {}", c.tp));
+    }
+    let plugin = pjrt_runtime::Plugin::from_env().map_err(|e| e.to_string())?;
+    // One cache long enough for the prompt and every new token, rounded up to a multiple of 8.
+    let needed = (c.prompt_ids.len() + new_tokens).max(1) as i64;
+    let max_seq_len = (needed + 7) / 8 * 8;
+    Runner::from_checkpoint(&plugin, &c.model, c.tp, dtype, max_seq_len).map_err(|e| e.to_string())
+}
+
+fn run(cli: Cli) -> Result<String, String> {
+    match cli.command {
+        Command::Logits(c) => {
+            let logits = runner(&c, 0)?
+                .last_logits(&c.prompt_ids)
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({ "last_logits": logits }).to_string())
+        }
+        Command::Generate {
+            common,
+            max_new_tokens,
+        } => {
+            let tokens = runner(&common, max_new_tokens)?
+                .generate(&common.prompt_ids, max_new_tokens)
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({ "tokens": tokens }).to_string())
+        }
+    }
+}

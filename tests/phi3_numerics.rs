@@ -1,0 +1,141 @@
+//! The Phi-3 graphs match Hugging Face transformers on every committed fixture (small
+//! random-weight models made by `tools/make-fixtures`), at tensor-parallel degrees 1, 2 and 4
+//! on the PJRT CPU plugin's in-process devices, with real collectives.
+//!
+//! f32: last-position logits within 1e-4 of HF, greedy continuations identical. The fixtures'
+//! greedy steps all have a top-2 logit margin of at least 0.01, far above the f32 error, so
+//! token equality is a fair requirement.
+//!
+//! bf16: weights and activations are rounded to 8 significant bits (relative error up to
+//! 2^-8 = 0.4% per rounding), and a 2-3 layer model rounds each value a handful of times
+//! (weights, norm outputs, attention and MLP outputs, residual adds). The bound is therefore
+//! relative: 3% of the largest |logit| of the f32 reference, about eight roundings' worth.
+//! The greedy tokens must match on the first 8 steps.
+
+use phi3_neuron::dsl::DType;
+use phi3_neuron::models::phi3::runner::Runner;
+use phi3_neuron::models::phi3::{Phi3Config, ShardPlan};
+use std::path::{Path, PathBuf};
+
+const FIXTURES: &[&str] = &[
+    "mha",
+    "gqa",
+    "gqa_mha_convert",
+    "longrope",
+    "partial_rotary",
+    "phi4_like",
+    "sliding_window",
+    "tied",
+];
+
+struct Case {
+    prompt: Vec<i32>,
+    logits: Vec<f32>,
+    greedy: Vec<i32>,
+}
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn cases(name: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(fixture_dir(name).join("expected.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ints = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap() as i32)
+            .collect()
+    };
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            prompt: ints(&c["prompt_ids"]),
+            logits: c["last_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
+            greedy: ints(&c["greedy_16"]),
+        })
+        .collect()
+}
+
+fn plugin() -> pjrt_runtime::Plugin {
+    pjrt_runtime::Plugin::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs every case of `fixture` at `tp`; returns (worst logit diff, cases with equal tokens).
+/// `tol` is absolute for f32; for bf16 it is relative to the case's largest |logit|.
+fn check(fixture: &str, tp: i64, dtype: DType, tol: f32, exact_tokens: usize) {
+    let dir = fixture_dir(fixture);
+    let cfg = Phi3Config::from_file(&dir.join("config.json")).unwrap();
+    if let Err(e) = ShardPlan::new(&cfg, tp) {
+        panic!("{fixture} must shard at tp={tp}: {e}");
+    }
+    let cases = cases(fixture);
+    let longest = cases
+        .iter()
+        .map(|c| c.prompt.len() + c.greedy.len())
+        .max()
+        .unwrap();
+    let max_seq_len = (longest as i64 + 7) / 8 * 8;
+    let runner = Runner::from_checkpoint(&plugin(), &dir, tp, dtype, max_seq_len).unwrap();
+    for c in &cases {
+        let got = runner.last_logits(&c.prompt).unwrap();
+        let diff = max_abs_diff(&got, &c.logits);
+        let scale = c.logits.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let tol = if dtype == DType::BF16 {
+            tol * scale
+        } else {
+            tol
+        };
+        assert!(
+            diff <= tol,
+            "{fixture} tp={tp} {dtype} prompt len {}: max |logit diff| {diff:e} > {tol:e}",
+            c.prompt.len()
+        );
+        let tokens = runner.generate(&c.prompt, c.greedy.len()).unwrap();
+        assert_eq!(
+            tokens[..exact_tokens],
+            c.greedy[..exact_tokens],
+            "{fixture} tp={tp} {dtype} prompt len {}: greedy tokens differ",
+            c.prompt.len()
+        );
+    }
+}
+
+#[test]
+fn f32_matches_hf_at_tp1() {
+    for f in FIXTURES {
+        check(f, 1, DType::F32, 1e-4, 16);
+    }
+}
+
+#[test]
+fn f32_matches_hf_at_tp2() {
+    for f in FIXTURES {
+        check(f, 2, DType::F32, 1e-4, 16);
+    }
+}
+
+#[test]
+fn f32_matches_hf_at_tp4() {
+    for f in FIXTURES {
+        check(f, 4, DType::F32, 1e-4, 16);
+    }
+}
