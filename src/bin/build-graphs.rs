@@ -67,6 +67,12 @@ struct Args {
     /// Graphs built in parallel (default: available cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Q/K/V projection weights: fused (one qkv_proj per layer, HF's layout) or split.
+    #[arg(long, default_value = "fused")]
+    qkv: String,
+    /// MLP gate/up weights: fused (one gate_up_proj per layer, HF's layout) or split.
+    #[arg(long, default_value = "fused")]
+    gate_up: String,
     /// Decode cache write: scatter (NxD's) or dus (dynamic-update-slice, batch 1).
     #[arg(long, default_value = "scatter")]
     cache_write: String,
@@ -89,6 +95,8 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
             .ok_or_else(|| format!("--{flag} must be one of {}, got `{v}`", options.join(", ")))
     };
     Ok(GraphOptions {
+        fused_qkv: pick("qkv", &args.qkv, &["fused", "split"])? == 0,
+        fused_gate_up: pick("gate-up", &args.gate_up, &["fused", "split"])? == 0,
         decode_cache_write: [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice]
             [pick("cache-write", &args.cache_write, &["scatter", "dus"])?],
         on_device_greedy: pick("sampling", &args.sampling, &["none", "greedy"])? == 1,

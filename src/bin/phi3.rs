@@ -76,7 +76,15 @@ fn runner(c: &Common, new_tokens: usize) -> Result<Runner, String> {
     // One cache long enough for the prompt and every new token, rounded up to a multiple of 8.
     let needed = (c.prompt_ids.len() + new_tokens).max(1) as i64;
     let max_seq_len = (needed + 7) / 8 * 8;
-    Runner::from_checkpoint(&plugin, &c.model, c.tp, dtype, max_seq_len).map_err(|e| e.to_string())
+    Runner::from_checkpoint(
+        &plugin,
+        &c.model,
+        c.tp,
+        dtype,
+        max_seq_len,
+        Default::default(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn run(cli: Cli) -> Result<String, String> {

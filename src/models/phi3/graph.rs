@@ -59,6 +59,10 @@ pub enum NormImpl {
 /// Experiment knobs. Each changes the graph, never the numerics (bar the Neuron-only kernel).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GraphOptions {
+    /// One fused Q|K|V weight per layer (HF's layout) rather than three.
+    pub fused_qkv: bool,
+    /// One fused gate|up weight per layer (HF's layout) rather than two.
+    pub fused_gate_up: bool,
     pub decode_cache_write: CacheWrite,
     /// Emit `next_token`, an on-device greedy argmax (a variadic reduce: not Neuron-safe).
     pub on_device_greedy: bool,
@@ -70,6 +74,8 @@ pub struct GraphOptions {
 impl Default for GraphOptions {
     fn default() -> Self {
         GraphOptions {
+            fused_qkv: true,
+            fused_gate_up: true,
             decode_cache_write: CacheWrite::Scatter,
             on_device_greedy: false,
             gather_logits: true,
@@ -202,12 +208,24 @@ pub fn inverse_frequencies(cfg: &Phi3Config, factors: Option<&[f64]>) -> Vec<f64
         .collect()
 }
 
+/// Q|K|V as one fused weight (HF's layout) or three (NxD's unfused layout).
+enum QkvWeights {
+    Fused(Tensor),
+    Split { q: Tensor, k: Tensor, v: Tensor },
+}
+
+/// gate|up as one fused weight (HF's layout) or two.
+enum GateUpWeights {
+    Fused(Tensor),
+    Split { gate: Tensor, up: Tensor },
+}
+
 struct LayerWeights {
     input_norm: Tensor,
-    qkv: Tensor,
+    qkv: QkvWeights,
     o: Tensor,
     post_norm: Tensor,
-    gate_up: Tensor,
+    gate_up: GateUpWeights,
     down: Tensor,
 }
 
@@ -240,10 +258,17 @@ impl Recorder<'_> {
 
     #[track_caller]
     fn weight(&mut self, key: &str, dims: &[i64]) -> Result<Tensor, OpError> {
+        self.weight_from(key, key, dims)
+    }
+
+    /// A weight parameter `name` cut from checkpoint tensor `key` (they differ for the
+    /// unfused Q/K/V and gate/up weights).
+    #[track_caller]
+    fn weight_from(&mut self, name: &str, key: &str, dims: &[i64]) -> Result<Tensor, OpError> {
         let role = InputRole::Weight {
             key: key.to_string(),
         };
-        self.input(key, self.spec.dtype, dims, role)
+        self.input(name, self.spec.dtype, dims, role)
     }
 
     fn norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor, OpError> {
@@ -535,22 +560,49 @@ pub fn record(
     let mut weights = Vec::with_capacity(layers);
     for l in 0..layers {
         let p = format!("model.layers.{l}");
+        let input_norm = r.weight(&format!("{p}.input_layernorm.weight"), &[h])?;
+        let qkv_key = format!("{p}.self_attn.qkv_proj.weight");
+        let qkv = if spec.options.fused_qkv {
+            QkvWeights::Fused(r.weight(&qkv_key, &[plan.qkv_rows_per_rank(), h])?)
+        } else {
+            QkvWeights::Split {
+                q: r.weight_from(
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    &qkv_key,
+                    &[q_r * hd, h],
+                )?,
+                k: r.weight_from(
+                    &format!("{p}.self_attn.k_proj.weight"),
+                    &qkv_key,
+                    &[kv_r * hd, h],
+                )?,
+                v: r.weight_from(
+                    &format!("{p}.self_attn.v_proj.weight"),
+                    &qkv_key,
+                    &[kv_r * hd, h],
+                )?,
+            }
+        };
+        let o = r.weight(&format!("{p}.self_attn.o_proj.weight"), &[h, q_r * hd])?;
+        let post_norm = r.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+        let ir = plan.intermediate_per_rank;
+        let gu_key = format!("{p}.mlp.gate_up_proj.weight");
+        let gate_up = if spec.options.fused_gate_up {
+            GateUpWeights::Fused(r.weight(&gu_key, &[2 * ir, h])?)
+        } else {
+            GateUpWeights::Split {
+                gate: r.weight_from(&format!("{p}.mlp.gate_proj.weight"), &gu_key, &[ir, h])?,
+                up: r.weight_from(&format!("{p}.mlp.up_proj.weight"), &gu_key, &[ir, h])?,
+            }
+        };
+        let down = r.weight(&format!("{p}.mlp.down_proj.weight"), &[h, ir])?;
         weights.push(LayerWeights {
-            input_norm: r.weight(&format!("{p}.input_layernorm.weight"), &[h])?,
-            qkv: r.weight(
-                &format!("{p}.self_attn.qkv_proj.weight"),
-                &[plan.qkv_rows_per_rank(), h],
-            )?,
-            o: r.weight(&format!("{p}.self_attn.o_proj.weight"), &[h, q_r * hd])?,
-            post_norm: r.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-            gate_up: r.weight(
-                &format!("{p}.mlp.gate_up_proj.weight"),
-                &[2 * plan.intermediate_per_rank, h],
-            )?,
-            down: r.weight(
-                &format!("{p}.mlp.down_proj.weight"),
-                &[h, plan.intermediate_per_rank],
-            )?,
+            input_norm,
+            qkv,
+            o,
+            post_norm,
+            gate_up,
+            down,
         });
     }
     let final_norm = r.weight("model.norm.weight", &[h])?;
@@ -601,18 +653,37 @@ pub fn record(
                 let _n = b.scope("input_layernorm");
                 r.norm(&hidden, &w.input_norm)?
             };
-            let qkv = {
-                let _p = b.scope("qkv_proj");
-                column_parallel_linear(&x, &w.qkv, false, &r.tp)?
+            // [B, S, n·hd] → [B, n, S, hd]
+            let heads = |t: &Tensor, n: i64| -> Result<Tensor, OpError> {
+                t.reshape(&[bsz, s, n, hd])?.transpose(&[0, 2, 1, 3])
             };
-            let heads = |start: i64, n: i64| -> Result<Tensor, OpError> {
-                qkv.slice_dim(2, start * hd, (start + n) * hd)?
-                    .reshape(&[bsz, s, n, hd])?
-                    .transpose(&[0, 2, 1, 3])
+            let (q, k, v) = match &w.qkv {
+                QkvWeights::Fused(wqkv) => {
+                    let qkv = {
+                        let _p = b.scope("qkv_proj");
+                        column_parallel_linear(&x, wqkv, false, &r.tp)?
+                    };
+                    let part = |start: i64, n: i64| qkv.slice_dim(2, start * hd, (start + n) * hd);
+                    (
+                        heads(&part(0, q_r)?, q_r)?,
+                        heads(&part(q_r, kv_r)?, kv_r)?,
+                        heads(&part(q_r + kv_r, kv_r)?, kv_r)?,
+                    )
+                }
+                QkvWeights::Split { q, k, v } => {
+                    let proj = |name: &str, w: &Tensor, n: i64| -> Result<Tensor, OpError> {
+                        let _p = b.scope(name);
+                        heads(&column_parallel_linear(&x, w, false, &r.tp)?, n)
+                    };
+                    (
+                        proj("q_proj", q, q_r)?,
+                        proj("k_proj", k, kv_r)?,
+                        proj("v_proj", v, kv_r)?,
+                    )
+                }
             };
-            let q = apply_rotary(&heads(0, q_r)?, &cos, &sin)?;
-            let k = apply_rotary(&heads(q_r, kv_r)?, &cos, &sin)?;
-            let v = heads(q_r + kv_r, kv_r)?;
+            let q = apply_rotary(&q, &cos, &sin)?;
+            let k = apply_rotary(&k, &cos, &sin)?;
             let (k_cache, v_cache) = (&caches[2 * l], &caches[2 * l + 1]);
             let new_k = r.write_cache(k_cache, &k, &pos)?;
             let new_v = r.write_cache(v_cache, &v, &pos)?;
@@ -632,13 +703,23 @@ pub fn record(
                 let _n = b.scope("post_attention_layernorm");
                 r.norm(&hidden, &w.post_norm)?
             };
-            let gu = {
-                let _p = b.scope("gate_up_proj");
-                column_parallel_linear(&x, &w.gate_up, false, &r.tp)?
-            };
             let ir = plan.intermediate_per_rank;
-            let gate = gu.slice_dim(2, 0, ir)?;
-            let up = gu.slice_dim(2, ir, 2 * ir)?;
+            let (gate, up) = match &w.gate_up {
+                GateUpWeights::Fused(wgu) => {
+                    let gu = {
+                        let _p = b.scope("gate_up_proj");
+                        column_parallel_linear(&x, wgu, false, &r.tp)?
+                    };
+                    (gu.slice_dim(2, 0, ir)?, gu.slice_dim(2, ir, 2 * ir)?)
+                }
+                GateUpWeights::Split { gate, up } => {
+                    let proj = |name: &str, w: &Tensor| -> Result<Tensor, OpError> {
+                        let _p = b.scope(name);
+                        column_parallel_linear(&x, w, false, &r.tp)
+                    };
+                    (proj("gate_proj", gate)?, proj("up_proj", up)?)
+                }
+            };
             let act = up.mul(&silu(&gate)?)?;
             let _p = b.scope("down_proj");
             row_parallel_linear(&act, &w.down, &r.tp)?

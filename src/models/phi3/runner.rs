@@ -7,7 +7,9 @@
 //! factors from then on). The runner re-runs context encoding at that point too.
 
 use super::config::Phi3Config;
-use super::graph::{record, BuildError, GraphSpec, InputRole, RecordedGraph};
+use super::graph::{
+    record, BuildError, GraphOptions, GraphSpec, InputRole, OutputRole, RecordedGraph,
+};
 use super::plan::ShardPlan;
 use super::weights::{shard_for_rank, Checkpoint, RankWeights, WeightsError};
 use crate::dsl::DType;
@@ -76,11 +78,20 @@ struct Compiled {
     exe: LoadedExecutable,
 }
 
+/// What one execution returns: the full-vocab logits of the last position, the on-device
+/// greedy token when the graph has one, and every rank's updated caches.
+struct Step {
+    logits: Vec<f32>,
+    next_token: Option<i32>,
+    caches: Vec<Vec<Buffer>>,
+}
+
 pub struct Runner {
     cfg: Phi3Config,
     plan: ShardPlan,
     dtype: DType,
     max_seq_len: i64,
+    options: GraphOptions,
     client: Client,
     cte: Compiled,
     tkg: Compiled,
@@ -97,6 +108,7 @@ impl Runner {
         tp: i64,
         dtype: DType,
         max_seq_len: i64,
+        options: GraphOptions,
     ) -> Result<Runner, RunError> {
         let cfg = Phi3Config::from_file(&model_dir.join("config.json"))
             .map_err(|e| RunError::Input(e.to_string()))?;
@@ -105,11 +117,12 @@ impl Runner {
         let shards = (0..tp)
             .map(|r| shard_for_rank(&ckpt, &cfg, &plan, r, dtype))
             .collect::<Result<Vec<_>, _>>()?;
-        Runner::new(plugin, &cfg, tp, dtype, max_seq_len, &shards)
+        Runner::new(plugin, &cfg, tp, dtype, max_seq_len, &shards, options)
     }
 
     /// Builds and compiles the prefill graph (bucket = `max_seq_len`) and the decode graph for
-    /// `tp` CPU devices, and uploads each rank's weight shards (`shards[rank]`).
+    /// `tp` CPU devices with the given experiment `options`, and uploads each rank's weight
+    /// shards (`shards[rank]`, fused as the sharder writes them).
     pub fn new(
         plugin: &Plugin,
         cfg: &Phi3Config,
@@ -117,6 +130,7 @@ impl Runner {
         dtype: DType,
         max_seq_len: i64,
         shards: &[RankWeights],
+        options: GraphOptions,
     ) -> Result<Runner, RunError> {
         let plan = ShardPlan::new(cfg, tp).map_err(|e| RunError::Input(e.to_string()))?;
         if shards.len() != tp as usize {
@@ -131,11 +145,11 @@ impl Runner {
                 cpu_device_count: Some(tp),
             },
         )?;
-        let compile = |spec: GraphSpec| -> Result<Compiled, RunError> {
-            let graph = record(cfg, &plan, &spec)?;
-            let mut optimized = graph.graph.clone();
-            crate::ir::passes::optimize(&mut optimized);
-            let module = lower(&optimized, &LowerOptions::default())
+        let compile = |mut spec: GraphSpec| -> Result<Compiled, RunError> {
+            spec.options = options.clone();
+            let mut graph = record(cfg, &plan, &spec)?;
+            crate::ir::passes::optimize(&mut graph.graph);
+            let module = lower(&graph.graph, &LowerOptions::default())
                 .map_err(|e| RunError::Build(BuildError::Verify(e)))?;
             let exe = client.compile(&module, &CompileOptions::replicas(tp))?;
             Ok(Compiled { graph, exe })
@@ -150,6 +164,7 @@ impl Runner {
 
         let mut weights = Vec::with_capacity(tp as usize);
         for (rank, shard) in shards.iter().enumerate() {
+            let shard = shard.unfused(&plan, !options.fused_qkv, !options.fused_gate_up);
             let mut bufs = Vec::new();
             for t in shard.for_graph_inputs(&cte.graph.inputs)? {
                 bufs.push(client.buffer_from_host(
@@ -166,6 +181,7 @@ impl Runner {
             plan,
             dtype,
             max_seq_len,
+            options,
             client,
             cte,
             tkg,
@@ -193,14 +209,14 @@ impl Runner {
         Ok(all)
     }
 
-    /// Runs one graph on every rank; returns rank 0's logits and every rank's new caches.
+    /// Runs one graph on every rank.
     fn step(
         &self,
         which: &Compiled,
         ids: &[i32],
         positions: &[i32],
         caches: Vec<Vec<Buffer>>,
-    ) -> Result<(Vec<f32>, Vec<Vec<Buffer>>), RunError> {
+    ) -> Result<Step, RunError> {
         let s = ids.len() as i64;
         let tp = self.plan.tp as usize;
         let mut per_rank_inputs = Vec::with_capacity(tp);
@@ -231,13 +247,37 @@ impl Runner {
             }
             args.push(list);
         }
-        let outputs = which.exe.execute(args)?;
-        let logits = outputs[0][0].to_vec::<f32>()?;
-        let caches = outputs.into_iter().map(|mut o| o.split_off(1)).collect();
-        Ok((logits, caches))
+        let mut outputs = which.exe.execute(args)?;
+        let roles: Vec<&OutputRole> = which.graph.outputs.iter().map(|o| &o.role).collect();
+        let vocab = self.cfg.vocab_size;
+        // Gathered logits are the same on every rank; sharded ones are concatenated in rank
+        // order, then the vocab padding is dropped.
+        let mut logits = Vec::new();
+        let ranks = if self.options.gather_logits { 1 } else { tp };
+        for out in outputs.iter().take(ranks) {
+            logits.extend(out[0].to_vec::<f32>()?);
+        }
+        logits.truncate(vocab);
+        let next_token = match roles.iter().position(|r| **r == OutputRole::NextToken) {
+            Some(k) => Some(outputs[0][k].to_vec::<i32>()?[0]),
+            None => None,
+        };
+        let first_cache = roles
+            .iter()
+            .position(|r| matches!(r, OutputRole::KvCache { .. }))
+            .expect("graphs output their caches");
+        let caches = outputs
+            .iter_mut()
+            .map(|o| o.split_off(first_cache))
+            .collect();
+        Ok(Step {
+            logits,
+            next_token,
+            caches,
+        })
     }
 
-    fn prefill(&self, tokens: &[i32]) -> Result<(Vec<f32>, Vec<Vec<Buffer>>), RunError> {
+    fn prefill(&self, tokens: &[i32]) -> Result<Step, RunError> {
         let s = self.max_seq_len as usize;
         if tokens.is_empty() || tokens.len() > s {
             return Err(RunError::Input(format!(
@@ -269,10 +309,11 @@ impl Runner {
     /// Logits of the last prompt position.
     pub fn last_logits(&self, prompt: &[i32]) -> Result<Vec<f32>, RunError> {
         self.check_ids(prompt)?;
-        Ok(self.prefill(prompt)?.0)
+        Ok(self.prefill(prompt)?.logits)
     }
 
-    /// Greedy generation of `max_new` tokens (the new tokens only).
+    /// Greedy generation of `max_new` tokens (the new tokens only). With on-device greedy
+    /// sampling the graph's token is used; otherwise the host takes the argmax.
     pub fn generate(&self, prompt: &[i32], max_new: usize) -> Result<Vec<i32>, RunError> {
         self.check_ids(prompt)?;
         if prompt.len() + max_new > self.max_seq_len as usize + 1 {
@@ -284,23 +325,23 @@ impl Runner {
         }
         let omax = self.cfg.original_max_position_embeddings;
         let mut tokens = prompt.to_vec();
-        let (mut logits, mut caches) = self.prefill(&tokens)?;
+        let mut step = self.prefill(&tokens)?;
         let mut cached = tokens.len();
         let mut out = Vec::with_capacity(max_new);
-        for step in 0..max_new {
-            let next = argmax(&logits);
+        for i in 0..max_new {
+            let next = step.next_token.unwrap_or_else(|| argmax(&step.logits));
             out.push(next);
             tokens.push(next);
-            if step + 1 == max_new {
+            if i + 1 == max_new {
                 break;
             }
-            if tokens.len() > omax && cached <= omax {
+            step = if tokens.len() > omax && cached <= omax {
                 // HF's Phi-3 re-encodes the whole sequence when it first crosses the boundary.
-                (logits, caches) = self.prefill(&tokens)?;
+                self.prefill(&tokens)?
             } else {
                 let pos = (tokens.len() - 1) as i32;
-                (logits, caches) = self.step(&self.tkg, &[next], &[pos], caches)?;
-            }
+                self.step(&self.tkg, &[next], &[pos], step.caches)?
+            };
             cached = tokens.len();
         }
         Ok(out)

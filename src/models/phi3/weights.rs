@@ -172,6 +172,55 @@ impl RankWeights {
         self.tensors.iter().map(|t| t.bytes.len()).sum()
     }
 
+    /// The shards for graphs recorded with unfused weights: each fused `qkv_proj` shard
+    /// (rows `[Q_r; K_r; V_r]`) becomes `q_proj`, `k_proj`, `v_proj`, and each `gate_up_proj`
+    /// shard (rows `[gate_r; up_r]`) becomes `gate_proj`, `up_proj`. Keys stay the fused
+    /// checkpoint tensors they are cut from.
+    pub fn unfused(&self, plan: &ShardPlan, split_qkv: bool, split_gate_up: bool) -> RankWeights {
+        let mut tensors = Vec::with_capacity(self.tensors.len() + 3 * plan.tp as usize);
+        for t in &self.tensors {
+            let parts: Vec<(&str, i64)> =
+                if split_qkv && t.name.ends_with(".self_attn.qkv_proj.weight") {
+                    let hd = plan.head_dim;
+                    vec![
+                        ("q_proj", plan.q_heads_per_rank * hd),
+                        ("k_proj", plan.kv_heads_per_rank * hd),
+                        ("v_proj", plan.kv_heads_per_rank * hd),
+                    ]
+                } else if split_gate_up && t.name.ends_with(".mlp.gate_up_proj.weight") {
+                    let ir = plan.intermediate_per_rank;
+                    vec![("gate_proj", ir), ("up_proj", ir)]
+                } else {
+                    tensors.push(t.clone());
+                    continue;
+                };
+            let prefix = &t.name[..t
+                .name
+                .rfind('.')
+                .and_then(|i| t.name[..i].rfind('.'))
+                .unwrap_or(0)];
+            let row_bytes = t.bytes.len() / t.dims[0] as usize;
+            let mut start = 0;
+            for (part, rows) in parts {
+                let end = start + rows as usize * row_bytes;
+                tensors.push(WeightTensor {
+                    name: format!("{prefix}.{part}.weight"),
+                    key: t.key.clone(),
+                    dtype: t.dtype,
+                    dims: vec![rows, t.dims[1]],
+                    bytes: t.bytes[start..end].to_vec(),
+                });
+                start = end;
+            }
+        }
+        RankWeights {
+            rank: self.rank,
+            tp: self.tp,
+            dtype: self.dtype,
+            tensors,
+        }
+    }
+
     /// The shards for a recorded graph's weight inputs, in the graph's input order; checks
     /// that each exists with the graph's dtype and dims and comes from the graph's key.
     pub fn for_graph_inputs(&self, inputs: &[IoInfo<InputRole>]) -> Result<Vec<&WeightTensor>> {
