@@ -12,7 +12,7 @@ use phi3_neuron::models::phi3::{GraphKind, GraphSpec, Phi3Config, ShardPlan};
 use phi3_neuron::neuron::artifacts::write_atomic;
 use phi3_neuron::neuron::graphset::{build_graph, to_dot, BuiltGraph};
 use phi3_neuron::neuron::manifest::{graph_entry, manifest, GraphArtifact};
-use phi3_neuron::neuron::{default_compiler_flags, Target};
+use phi3_neuron::neuron::{default_compiler_flags, driver, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -85,6 +85,50 @@ struct Args {
     /// RMSNorm: primitives, or custom-call (Neuron's AwsNeuronRmsNorm; cannot run on CPU).
     #[arg(long, default_value = "primitives")]
     rmsnorm: String,
+    /// Compile every graph to a NEFF with neuronx-cc (needs the Neuron SDK's compiler).
+    #[arg(long)]
+    compile: bool,
+    /// The neuronx-cc to run (default: `neuronx-cc` on PATH).
+    #[arg(long)]
+    neuronx_cc: Option<PathBuf>,
+    /// Replace the default per-graph compiler flags (one string, split like a shell would).
+    #[arg(long, allow_hyphen_values = true)]
+    compiler_flags: Option<String>,
+    /// NEFF cache folder, keyed by proto bytes, flags and compiler version.
+    #[arg(long)]
+    neff_cache: Option<PathBuf>,
+}
+
+/// Splits a flag string like a POSIX shell: whitespace separates words, quotes group them.
+fn shell_words(s: &str) -> Result<Vec<String>, String> {
+    let (mut words, mut cur, mut quote, mut in_word) = (Vec::new(), String::new(), None, false);
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("--compiler-flags has an unclosed quote: {s}"));
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
 }
 
 fn graph_options(args: &Args) -> Result<GraphOptions, String> {
@@ -168,6 +212,20 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     let options = graph_options(&args)?;
+    // Find the compiler before building anything, so a missing one fails fast.
+    let compiler = if args.compile {
+        if !write_pb {
+            return Err("--compile needs the .hlo.pb files: use --format pb or both".into());
+        }
+        Some(driver::find_compiler(args.neuronx_cc.as_deref()).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let flag_override = args
+        .compiler_flags
+        .as_deref()
+        .map(shell_words)
+        .transpose()?;
     let mut specs = Vec::new();
     for &kind in &kinds {
         let lengths: Vec<i64> = match (kind, args.max_seq_len) {
@@ -194,7 +252,8 @@ fn run(args: Args) -> Result<(), String> {
     let total = Instant::now();
     let built = build_all(&cfg, &plan, &specs, args.jobs)?;
 
-    let mut entries = Vec::new();
+    // Write the graphs first; the compiler reads the .hlo.pb files.
+    let mut files_per_graph = Vec::new();
     for b in &built {
         let name = b.recorded.spec.name();
         let mut files = Vec::new();
@@ -216,15 +275,49 @@ fn run(args: Args) -> Result<(), String> {
                 to_dot(&b.recorded.graph, 3).as_bytes(),
             )?;
         }
+        files_per_graph.push(files);
+    }
+    let flags: Vec<Vec<String>> = built
+        .iter()
+        .map(|b| {
+            flag_override
+                .clone()
+                .unwrap_or_else(|| default_compiler_flags(b.recorded.spec.kind, target))
+        })
+        .collect();
+    let compiled = match &compiler {
+        Some(cc) => Some(compile_graphs(cc, &args, &dir, &built, &flags)?),
+        None => None,
+    };
+    let mut entries = Vec::new();
+    let mut failures = Vec::new();
+    for (i, (b, files)) in built.iter().zip(files_per_graph).enumerate() {
+        let compile = compiled
+            .as_ref()
+            .map(|(version, results)| match &results[i] {
+                Ok(o) => serde_json::json!({
+                    "neff": o.neff.file_name().map(|f| f.to_string_lossy().into_owned()),
+                    "neff_bytes": o.neff_bytes,
+                    "seconds": o.seconds,
+                    "cache_hit": o.cache_hit,
+                    "cache_key": o.cache_key,
+                    "compiler_version": version,
+                    "command": o.command,
+                }),
+                Err(e) => {
+                    failures.push(e.to_string());
+                    serde_json::json!({ "error": e.to_string(), "compiler_version": version })
+                }
+            });
         entries.push(graph_entry(
             &GraphArtifact {
                 recorded: &b.recorded,
                 proto_bytes: &b.bytes,
                 files,
-                compiler_flags: default_compiler_flags(b.recorded.spec.kind, target),
+                compiler_flags: flags[i].clone(),
                 stats: &b.stats,
                 findings: &b.findings,
-                compile: None,
+                compile,
             },
             &plan,
         ));
@@ -262,6 +355,27 @@ fn run(args: Args) -> Result<(), String> {
     if args.stats {
         print_stats(&built);
     }
+    if let Some((_, results)) = &compiled {
+        for (b, r) in built.iter().zip(results) {
+            if let Ok(o) = r {
+                println!(
+                    "compiled {:<16} {:>12} bytes NEFF in {:>7.2} s{}",
+                    b.recorded.spec.name(),
+                    o.neff_bytes,
+                    o.seconds,
+                    if o.cache_hit { " (cache hit)" } else { "" }
+                );
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(format!(
+            "{} of {} graphs failed to compile:\n{}",
+            failures.len(),
+            built.len(),
+            failures.join("\n")
+        ));
+    }
     println!(
         "{} graphs for {} (tp {}, {} layers) in {:.0} ms → {}",
         built.len(),
@@ -272,6 +386,51 @@ fn run(args: Args) -> Result<(), String> {
         dir.display()
     );
     Ok(())
+}
+
+type CompileResults = (
+    String,
+    Vec<Result<driver::CompileOutcome, driver::DriverError>>,
+);
+
+/// Runs neuronx-cc on every written `.hlo.pb`, `--jobs` at a time, through the NEFF cache.
+fn compile_graphs(
+    compiler: &std::path::Path,
+    args: &Args,
+    dir: &std::path::Path,
+    built: &[BuiltGraph],
+    flags: &[Vec<String>],
+) -> Result<CompileResults, String> {
+    let jobs: Vec<driver::CompileJob> = built
+        .iter()
+        .zip(flags)
+        .map(|(b, flags)| {
+            let name = b.recorded.spec.name();
+            driver::CompileJob {
+                hlo_pb: dir.join(format!("{name}.hlo.pb")),
+                neff: dir.join(format!("{name}.neff")),
+                log: dir.join(format!("{name}.neuronx-cc.log")),
+                flags: flags.clone(),
+                name,
+            }
+        })
+        .collect();
+    let cache = args.neff_cache.clone().unwrap_or_else(|| {
+        let home = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"));
+        home.join("phi3-neuron").join("neff-cache")
+    });
+    let parallel = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let version = driver::compiler_version(compiler).map_err(|e| e.to_string())?;
+    let results =
+        driver::compile_all(compiler, &jobs, parallel, &cache).map_err(|e| e.to_string())?;
+    Ok((version, results))
 }
 
 /// Builds every graph, `jobs` at a time, keeping the input order.

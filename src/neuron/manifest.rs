@@ -54,10 +54,26 @@ fn shard_rule(name: &str, plan: &ShardPlan) -> Value {
             "q_heads_per_rank": plan.q_heads_per_rank, "kv_heads_per_rank": plan.kv_heads_per_rank,
             "q_head_source": plan.q_head_source, "kv_head_source": plan.kv_head_source,
         })
+    } else if let Some(part) = ["q_proj", "k_proj", "v_proj"]
+        .iter()
+        .find(|p| name.ends_with(&format!("{p}.weight")))
+    {
+        // An unfused slice of the fused checkpoint tensor: the matching row block of the
+        // rank's [Q_r; K_r; V_r] shard.
+        json!({
+            "kind": "qkv_heads", "part": part, "dim": 0, "strategy": format!("{:?}", plan.strategy),
+            "q_heads_per_rank": plan.q_heads_per_rank, "kv_heads_per_rank": plan.kv_heads_per_rank,
+            "q_head_source": plan.q_head_source, "kv_head_source": plan.kv_head_source,
+        })
     } else if name.ends_with("o_proj.weight") {
         json!({ "kind": "q_heads", "dim": 1, "q_head_source": plan.q_head_source })
     } else if name.ends_with("gate_up_proj.weight") {
         json!({ "kind": "gate_up", "dim": 0, "parts": t, "pad_to": plan.intermediate_padded })
+    } else if let Some(part) = ["gate_proj", "up_proj"]
+        .iter()
+        .find(|p| name.ends_with(&format!("{p}.weight")))
+    {
+        json!({ "kind": "gate_up", "part": part, "dim": 0, "parts": t, "pad_to": plan.intermediate_padded })
     } else if name.ends_with("down_proj.weight") {
         json!({ "kind": "split", "dim": 1, "parts": t, "pad_to": plan.intermediate_padded })
     } else {
