@@ -1,8 +1,12 @@
 //! HLO text in the format of XLA's `HloModule::ToString`, printed from the proto so it can
-//! be compared line by line with XLA's own dump of the same module.
+//! be compared line by line with XLA's own dump of the same module (`--xla_dump_hlo_as_text`,
+//! the `*.before_optimizations.txt` file). `tests/printer_vs_xla.rs` checks that they are
+//! identical for every opcode the lowering emits; docs/hlo-text.md lists the one legitimate
+//! difference (XLA elides constants of more than 10 elements unless
+//! `--xla_dump_large_constants` is set; we always print them).
 
 use half::{bf16, f16};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use xla_proto::{
     HloComputationProto, HloInstructionProto, HloModuleProto, LiteralProto, PrimitiveType,
@@ -31,7 +35,7 @@ pub fn shape_text(s: &ShapeProto, with_layout: bool) -> String {
             .iter()
             .map(|t| shape_text(t, with_layout))
             .collect();
-        return format!("({})", parts.join(", "));
+        return format!("({})", join_indexed(&parts));
     }
     let dims: Vec<String> = s.dimensions.iter().map(|d| d.to_string()).collect();
     let mut out = format!("{}[{}]", element_type_name(s.element_type), dims.join(","));
@@ -42,6 +46,23 @@ pub fn shape_text(s: &ShapeProto, with_layout: bool) -> String {
         };
         let m2m: Vec<String> = m2m.iter().map(|d| d.to_string()).collect();
         let _ = write!(out, "{{{}}}", m2m.join(","));
+    }
+    out
+}
+
+/// Joins with `", "`, writing `/*index=N*/` before every fifth element as XLA does in tuple
+/// shapes, program shapes and operand lists (`HloPrintOptions::
+/// print_operand_index_annotation_interval`, 5 by default).
+fn join_indexed(parts: &[String]) -> String {
+    let mut out = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+            if i % 5 == 0 {
+                let _ = write!(out, "/*index={i}*/");
+            }
+        }
+        out.push_str(p);
     }
     out
 }
@@ -100,9 +121,17 @@ fn format_float(
     }
 }
 
-fn literal_elements(l: &LiteralProto, ty: i32) -> Vec<String> {
+/// Element texts as XLA's `LiteralBase::GetAsString` writes them, except that `pred` elements
+/// of arrays are `1`/`0` (XLA's dense-array printer does that "so that the string is more
+/// dense"); a scalar `pred` is `true`/`false`.
+fn literal_elements(l: &LiteralProto, ty: i32, is_array: bool) -> Vec<String> {
     let halves = |b: &[u8]| -> Vec<[u8; 2]> { b.chunks_exact(2).map(|c| [c[0], c[1]]).collect() };
     match PrimitiveType::try_from(ty) {
+        Ok(PrimitiveType::Pred) if is_array => l
+            .preds
+            .iter()
+            .map(|&b| if b { "1" } else { "0" }.to_string())
+            .collect(),
         Ok(PrimitiveType::Pred) => l.preds.iter().map(|b| b.to_string()).collect(),
         Ok(PrimitiveType::S8) => l.s8s.iter().map(|&b| (b as i8).to_string()).collect(),
         Ok(PrimitiveType::U8) => l.u8s.iter().map(|b| b.to_string()).collect(),
@@ -128,56 +157,86 @@ fn literal_elements(l: &LiteralProto, ty: i32) -> Vec<String> {
                 })
             })
             .collect(),
+        // XLA prints f16 and bf16 with `%.*g` at max_digits10 (5 and 4), without first trying
+        // a shorter precision as it does for f32 and f64 (`GenericRoundTripFpToString`).
         Ok(PrimitiveType::F16) => halves(&l.f16s)
             .into_iter()
-            .map(|b| {
-                let v = f16::from_le_bytes(b);
-                format_float(v.to_f64(), 3, 5, |s| {
-                    s.parse::<f32>().map(f16::from_f32).ok() == Some(v)
-                })
-            })
+            .map(|b| format_g(f16::from_le_bytes(b).to_f64(), 5))
             .collect(),
         Ok(PrimitiveType::Bf16) => halves(&l.bf16s)
             .into_iter()
-            .map(|b| {
-                let v = bf16::from_le_bytes(b);
-                format_float(v.to_f64(), 2, 4, |s| {
-                    s.parse::<f32>().map(bf16::from_f32).ok() == Some(v)
-                })
-            })
+            .map(|b| format_g(bf16::from_le_bytes(b).to_f64(), 4))
             .collect(),
         _ => vec!["?".into()],
     }
 }
 
-/// Literal text: `0` for scalars, `{1, 2}` for vectors, `{ { 1, 2 }, { 3, 4 } }` for matrices.
+/// Literal text as XLA's `LiteralBase::PrintWithoutShapeOneline`: `0` for scalars, `{1, 2}`
+/// for vectors, `{ { 1, 2 }, { 3, 4 } }` for matrices (`{ {1}, {2} }` when rows have one
+/// element), and `/*iN=V*/` markers above rank 3.
 pub fn literal_text(l: &LiteralProto) -> String {
     let Some(shape) = &l.shape else {
         return "{}".into();
     };
-    let elems = literal_elements(l, shape.element_type);
-    if shape.dimensions.is_empty() {
+    let dims = &shape.dimensions;
+    let elems = literal_elements(l, shape.element_type, !dims.is_empty());
+    if dims.is_empty() {
         return elems.into_iter().next().unwrap_or_default();
     }
-    fn nest(elems: &[String], dims: &[i64]) -> String {
-        if dims.len() == 1 {
-            return format!("{{{}}}", elems.join(", "));
-        }
-        let stride: usize = dims[1..].iter().product::<i64>() as usize;
-        let parts: Vec<String> = (0..dims[0] as usize)
-            .map(|i| nest(&elems[i * stride..(i + 1) * stride], &dims[1..]))
-            .collect();
-        let inner = parts
-            .iter()
-            .map(|p| format!(" {p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        format!("{{{inner} }}")
-    }
-    if elems.len() as i64 != shape.dimensions.iter().product::<i64>() {
+    if elems.len() as i64 != dims.iter().product::<i64>() {
         return "{...}".into();
     }
-    nest(&elems, &shape.dimensions)
+    let mut out = String::new();
+    let mut elems = elems.into_iter();
+    dense_text(&mut elems, dims, &mut Vec::new(), dims.len(), &mut out);
+    out
+}
+
+/// The recursion of XLA's `DenseArrayPrintHelper` with `oneline = true`.
+fn dense_text(
+    elems: &mut impl Iterator<Item = String>,
+    dims: &[i64],
+    accum: &mut Vec<i64>,
+    rank: usize,
+    out: &mut String,
+) {
+    let Some((&n, inner)) = dims.split_first() else {
+        out.push_str(&elems.next().unwrap_or_default());
+        return;
+    };
+    let innermost_pad = if n <= 1 { "" } else { " " };
+    // Opening brace.
+    if rank == 1 {
+        out.push('{');
+    } else if dims.len() == 1 {
+        let _ = write!(out, "{{{innermost_pad}");
+    } else if rank > 3 && !accum.is_empty() && accum.len() < rank {
+        let _ = write!(
+            out,
+            "{{ /*i{}={}*/{}",
+            accum.len() - 1,
+            accum[accum.len() - 1],
+            if n > 0 { " " } else { "" }
+        );
+    } else {
+        out.push_str("{ ");
+    }
+    for i in 0..n {
+        accum.push(i);
+        dense_text(elems, inner, accum, rank, out);
+        accum.pop();
+        if i < n - 1 {
+            out.push_str(", ");
+        }
+    }
+    // Closing brace.
+    if rank == 1 {
+        out.push('}');
+    } else if dims.len() == 1 {
+        let _ = write!(out, "{innermost_pad}}}");
+    } else {
+        out.push_str(" }");
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -191,6 +250,40 @@ fn escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// XLA's `LexesAsJsonDict`, approximated: the text is one `{...}` with balanced braces outside
+/// string literals and nothing but whitespace after the closing brace.
+fn lexes_as_json_dict(s: &str) -> bool {
+    let s = s.trim_start();
+    if !s.starts_with('{') {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut chars = s.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => loop {
+                match chars.next() {
+                    Some((_, '\\')) => {
+                        chars.next();
+                    }
+                    Some((_, '"')) => break,
+                    Some(_) => {}
+                    None => return false,
+                }
+            },
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return s[at + 1..].trim().is_empty();
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn replica_groups(i: &HloInstructionProto) -> String {
@@ -239,12 +332,15 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
         )),
         "pad" => {
             if let Some(p) = &i.padding_config {
+                // Like XLA's `PaddingConfigToString`: the interior padding of every dim is
+                // printed as soon as one dim has some.
+                let interior = p.dimensions.iter().any(|d| d.interior_padding != 0);
                 let dims: Vec<String> = p
                     .dimensions
                     .iter()
                     .map(|d| {
                         let mut s = format!("{}_{}", d.edge_padding_low, d.edge_padding_high);
-                        if d.interior_padding != 0 {
+                        if interior {
                             let _ = write!(s, "_{}", d.interior_padding);
                         }
                         s
@@ -389,7 +485,12 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
     }
     if !i.backend_config.is_empty() {
         let text = String::from_utf8_lossy(&i.backend_config);
-        a.push(format!("backend_config=\"{}\"", escape(&text)));
+        // XLA prints a config that lexes as a JSON dict as is, anything else quoted.
+        if lexes_as_json_dict(&text) {
+            a.push(format!("backend_config={text}"));
+        } else {
+            a.push(format!("backend_config=\"{}\"", escape(&text)));
+        }
     }
     a
 }
@@ -408,12 +509,12 @@ fn instruction_text(
     let args = match i.opcode.as_str() {
         "parameter" => i.parameter_number.to_string(),
         "constant" => i.literal.as_ref().map(literal_text).unwrap_or_default(),
-        _ => i
-            .operand_ids
-            .iter()
-            .map(|o| format!("%{}", names.get(o).map(String::as_str).unwrap_or("?")))
-            .collect::<Vec<_>>()
-            .join(", "),
+        _ => join_indexed(
+            &i.operand_ids
+                .iter()
+                .map(|o| format!("%{}", names.get(o).map(String::as_str).unwrap_or("?")))
+                .collect::<Vec<_>>(),
+        ),
     };
     let mut line = format!(
         "  {}%{} = {} {}({})",
@@ -427,6 +528,101 @@ fn instruction_text(
         let _ = write!(line, ", {attr}");
     }
     line
+}
+
+/// The order XLA prints a computation in (`HloComputation::MakeInstructionPostOrder`): a
+/// depth-first post-order over operands (then control predecessors), started from every
+/// instruction without users in list order. The proto's own order may be any topological one.
+fn instruction_post_order(c: &HloComputationProto) -> Vec<&HloInstructionProto> {
+    let index: HashMap<i64, usize> = c
+        .instructions
+        .iter()
+        .enumerate()
+        .map(|(k, i)| (i.id, k))
+        .collect();
+    let children = |k: usize| -> Vec<usize> {
+        let i = &c.instructions[k];
+        i.operand_ids
+            .iter()
+            .chain(&i.control_predecessor_ids)
+            .filter_map(|id| index.get(id).copied())
+            .collect()
+    };
+    let mut has_user = vec![false; c.instructions.len()];
+    for k in 0..c.instructions.len() {
+        for child in children(k) {
+            has_user[child] = true;
+        }
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        Visiting,
+        Visited,
+    }
+    let mut state = vec![State::New; c.instructions.len()];
+    let mut order = Vec::with_capacity(c.instructions.len());
+    for start in (0..c.instructions.len()).filter(|&k| !has_user[k]) {
+        let mut stack = vec![start];
+        while let Some(&k) = stack.last() {
+            match state[k] {
+                State::Visited => {
+                    stack.pop();
+                }
+                State::Visiting => {
+                    stack.pop();
+                    state[k] = State::Visited;
+                    order.push(&c.instructions[k]);
+                }
+                State::New => {
+                    state[k] = State::Visiting;
+                    // Reversed, so that the first operand is visited first.
+                    stack.extend(children(k).into_iter().rev());
+                }
+            }
+        }
+    }
+    order
+}
+
+/// The order XLA prints computations in (`HloModule::MakeComputationPostOrder`): for each
+/// computation no instruction calls, in module order, the computations it calls (depth-first,
+/// callees before callers, in the order of the calling instructions), then itself.
+fn computation_post_order(m: &HloModuleProto) -> Vec<&HloComputationProto> {
+    let by_id: HashMap<i64, &HloComputationProto> =
+        m.computations.iter().map(|c| (c.id, c)).collect();
+    let called: HashSet<i64> = m
+        .computations
+        .iter()
+        .flat_map(|c| &c.instructions)
+        .flat_map(|i| i.called_computation_ids.iter().copied())
+        .collect();
+    let mut added = HashSet::new();
+    let mut order = Vec::new();
+    fn embed<'a>(
+        c: &'a HloComputationProto,
+        by_id: &HashMap<i64, &'a HloComputationProto>,
+        added: &mut HashSet<i64>,
+        order: &mut Vec<&'a HloComputationProto>,
+    ) {
+        for i in &c.instructions {
+            for callee in &i.called_computation_ids {
+                if let Some(&callee) = by_id.get(callee) {
+                    if added.insert(callee.id) {
+                        embed(callee, by_id, added, order);
+                        order.push(callee);
+                    }
+                }
+            }
+        }
+    }
+    for c in m.computations.iter().filter(|c| !called.contains(&c.id)) {
+        embed(c, &by_id, &mut added, &mut order);
+        if added.insert(c.id) {
+            order.push(c);
+        }
+    }
+    order
 }
 
 fn computation_text(
@@ -472,7 +668,7 @@ fn computation_text(
         sig.join(", "),
         result
     );
-    for i in &c.instructions {
+    for i in instruction_post_order(c) {
         out.push_str(&instruction_text(i, &names, comp_names, i.id == c.root_id));
         out.push('\n');
     }
@@ -519,7 +715,7 @@ pub fn print_module(m: &HloModuleProto, opts: &PrintOptions) -> String {
         let _ = write!(
             header,
             ", entry_computation_layout={{({})->{result}}}",
-            params.join(", ")
+            join_indexed(&params)
         );
     }
     if let Some(n) = opts.replica_count.filter(|&n| n != 1) {
@@ -537,7 +733,7 @@ pub fn print_module(m: &HloModuleProto, opts: &PrintOptions) -> String {
     }
     let mut out = header;
     out.push_str("\n\n");
-    for c in &m.computations {
+    for c in computation_post_order(m) {
         out.push_str(&computation_text(
             c,
             &comp_names,
@@ -563,5 +759,105 @@ mod tests {
         let v = 0.1020621f32;
         let s = format_float(v as f64, 6, 9, |s| s.parse::<f32>().ok() == Some(v));
         assert_eq!(s.parse::<f32>().unwrap(), v);
+    }
+
+    // The expected strings below are what XLA printed for the same literals
+    // (tests/printer_vs_xla.rs compares whole modules against the plugin).
+    #[test]
+    fn literals_print_like_xla() {
+        let f32s = |dims: &[i64], v: &[f32]| LiteralProto {
+            shape: Some(ShapeProto {
+                element_type: PrimitiveType::F32 as i32,
+                dimensions: dims.to_vec(),
+                ..Default::default()
+            }),
+            f32s: v.to_vec(),
+            ..Default::default()
+        };
+        let cube = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(literal_text(&f32s(&[2], &[1.0, -0.0])), "{1, -0}");
+        assert_eq!(
+            literal_text(&f32s(&[2, 3], &[0.1, -1.5, 1e-5, 3.0, 1e10, 0.0])),
+            "{ { 0.1, -1.5, 1e-05 }, { 3, 1e+10, 0 } }"
+        );
+        assert_eq!(literal_text(&f32s(&[2, 1], &[5.0, 6.0])), "{ {5}, {6} }");
+        assert_eq!(
+            literal_text(&f32s(&[2, 2, 2], &cube)),
+            "{ { { 1, 2 }, { 3, 4 } }, { { 5, 6 }, { 7, 8 } } }"
+        );
+        assert_eq!(
+            literal_text(&f32s(&[2, 1, 2, 2], &cube)),
+            "{ { /*i0=0*/ { /*i1=0*/ { 1, 2 }, { 3, 4 } } }, \
+             { /*i0=1*/ { /*i1=0*/ { 5, 6 }, { 7, 8 } } } }"
+        );
+        let pred = |dims: &[i64], v: &[bool]| LiteralProto {
+            shape: Some(ShapeProto {
+                element_type: PrimitiveType::Pred as i32,
+                dimensions: dims.to_vec(),
+                ..Default::default()
+            }),
+            preds: v.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(literal_text(&pred(&[2], &[true, false])), "{1, 0}");
+        assert_eq!(literal_text(&pred(&[], &[true])), "true");
+        let bf16s: Vec<u8> = [1.5f32, -0.3, 256.0, 1e-3]
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let bf = LiteralProto {
+            shape: Some(ShapeProto {
+                element_type: PrimitiveType::Bf16 as i32,
+                dimensions: vec![4],
+                ..Default::default()
+            }),
+            bf16s,
+            ..Default::default()
+        };
+        assert_eq!(literal_text(&bf), "{1.5, -0.3008, 256, 0.0009995}");
+    }
+
+    #[test]
+    fn index_annotations_and_backend_configs() {
+        let parts: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+        assert_eq!(
+            join_indexed(&parts),
+            "0, 1, 2, 3, 4, /*index=5*/5, 6, 7, 8, 9, /*index=10*/10"
+        );
+        assert!(lexes_as_json_dict(r#"{"eps":1e-05,"s":"}{"}"#));
+        assert!(lexes_as_json_dict(" {} "));
+        assert!(!lexes_as_json_dict("{} x"));
+        assert!(!lexes_as_json_dict("eps=1"));
+        assert!(!lexes_as_json_dict(r#"{"open"#));
+    }
+
+    /// XLA prints instructions in a depth-first post-order from the root, whatever the
+    /// proto's (topological) order.
+    #[test]
+    fn instructions_print_in_post_order() {
+        let inst = |id: i64, name: &str, operands: &[i64]| HloInstructionProto {
+            id,
+            name: name.into(),
+            operand_ids: operands.to_vec(),
+            ..Default::default()
+        };
+        let c = HloComputationProto {
+            instructions: vec![
+                inst(1, "a", &[]),
+                inst(2, "b", &[]),
+                inst(3, "gt", &[1, 2]),
+                inst(4, "dead", &[]),
+                inst(5, "c", &[]),
+                inst(6, "lt", &[5, 1]),
+                inst(7, "root", &[6, 3]),
+            ],
+            root_id: 7,
+            ..Default::default()
+        };
+        let order: Vec<&str> = instruction_post_order(&c)
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(order, ["dead", "c", "a", "lt", "b", "gt", "root"]);
     }
 }
