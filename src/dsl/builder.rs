@@ -232,7 +232,7 @@ impl GraphBuilder {
             .map(|t| (t.id(), Type::Array(t.ty().clone())))
             .collect();
         let refs: Vec<&Type> = raw.iter().map(|(_, t)| t).collect();
-        let ty = Tuple.infer_checked(&refs).map_err(|e| {
+        let ty = Op::from(Tuple).infer(&refs).map_err(|e| {
             self.op_error(
                 "tuple",
                 raw.iter().map(|(_, t)| t.clone()).collect(),
@@ -326,11 +326,5 @@ impl GraphBuilder {
         graph.outputs = outputs.iter().map(|t| t.id()).collect();
         verify(&graph)?;
         Ok(graph)
-    }
-}
-
-impl Tuple {
-    fn infer_checked(&self, operands: &[&Type]) -> Result<Type, ShapeError> {
-        Op::from(Tuple).infer(operands)
     }
 }

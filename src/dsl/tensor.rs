@@ -367,8 +367,19 @@ impl Tensor {
 
     #[track_caller]
     pub fn concat(tensors: &[&Tensor], dim: i64) -> R {
-        let first = tensors.first().expect("concat needs at least one tensor");
-        first.builder.concatenate(tensors, dim)
+        match tensors.first() {
+            Some(first) => first.builder.concatenate(tensors, dim),
+            None => Err(OpError::new(
+                "concatenate",
+                Vec::new(),
+                String::new(),
+                Location::caller(),
+                ShapeError::Arity {
+                    expected: 1,
+                    got: 0,
+                },
+            )),
+        }
     }
 
     // ---- Indexing ----
