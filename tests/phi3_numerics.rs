@@ -10,7 +10,9 @@
 //! 2^-8 = 0.4% per rounding), and a 2-3 layer model rounds each value a handful of times
 //! (weights, norm outputs, attention and MLP outputs, residual adds). The bound is therefore
 //! relative: 3% of the largest |logit| of the f32 reference, about eight roundings' worth.
-//! The greedy tokens must match on the first 8 steps.
+//! The greedy tokens must match on the first 8 steps of each fixture's `bf16_robust` case,
+//! whose first 8 HF margins are at least 0.35 (about 10× the logit error); on the other cases
+//! the margins are as small as 0.01, so only the logits are compared.
 
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions};
@@ -33,6 +35,9 @@ struct Case {
     prompt: Vec<i32>,
     logits: Vec<f32>,
     greedy: Vec<i32>,
+    /// HF's top-2 margins on its first 8 greedy steps are all ≥ 0.35, and HF's own bf16 run
+    /// reproduces those tokens: the case where bf16 token equality is a fair demand.
+    bf16_robust: bool,
 }
 
 fn fixture_dir(name: &str) -> PathBuf {
@@ -64,6 +69,7 @@ fn cases(name: &str) -> Vec<Case> {
                 .map(|x| x.as_f64().unwrap() as f32)
                 .collect(),
             greedy: ints(&c["greedy_16"]),
+            bf16_robust: c["bf16_robust"].as_bool().unwrap_or(false),
         })
         .collect()
 }
@@ -118,6 +124,10 @@ fn check(
             "{fixture} tp={tp} {dtype} prompt len {}: max |logit diff| {diff:e} > {tol:e}",
             c.prompt.len()
         );
+        // Token equality is demanded in bf16 only where HF's margins allow it.
+        if dtype == DType::BF16 && !c.bf16_robust {
+            continue;
+        }
         let tokens = runner.generate(&c.prompt, c.greedy.len()).unwrap();
         assert_eq!(
             tokens[..exact_tokens],
@@ -199,6 +209,15 @@ fn knobs_keep_the_numerics() {
         for (fixture, tp) in [("gqa_mha_convert", 3), ("phi4_like", 2)] {
             eprintln!("knob: {what} on {fixture} at tp={tp}");
             check(fixture, tp, DType::F32, 1e-4, 16, options);
+        }
+    }
+}
+
+#[test]
+fn bf16_stays_close_to_hf() {
+    for f in FIXTURES {
+        for tp in [1, 2] {
+            check(f, tp, DType::BF16, 0.03, 8, &GraphOptions::default());
         }
     }
 }
