@@ -226,3 +226,30 @@ fn lowering_is_deterministic_across_processes() {
         "the child's bytes differ from this process's"
     );
 }
+
+#[test]
+fn module_checker_reports_every_broken_rule() {
+    use phi3_neuron::hlo::check::check_module;
+    let good = module();
+    assert_eq!(check_module(&good), Vec::<String>::new());
+    let mut bad = good.clone();
+    // 1: a duplicate instruction name; 2: the caller before its callee; 3: no parameter names.
+    let entry = bad.computations.len() - 1;
+    let dup = bad.computations[entry].instructions[1].name.clone();
+    bad.computations[entry].instructions[2].name = dup;
+    let callee = bad.computations.remove(0);
+    bad.computations.push(callee);
+    bad.host_program_shape
+        .as_mut()
+        .unwrap()
+        .parameter_names
+        .clear();
+    let errors = check_module(&bad);
+    let text = errors.join("\n");
+    assert!(text.contains("is not module-unique"), "{text}");
+    assert!(text.contains("which is not listed before it"), "{text}");
+    assert!(
+        text.contains("host_program_shape has 3 parameters but 0 names"),
+        "{text}"
+    );
+}

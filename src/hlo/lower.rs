@@ -114,7 +114,7 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
             .collect(),
     });
 
-    Ok(HloModuleProto {
+    let module = HloModuleProto {
         name: g.name.clone(),
         entry_computation_name: "main".to_string(),
         entry_computation_id: entry_id,
@@ -129,7 +129,11 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
             map: g.attributes.clone().into_iter().collect(),
         }),
         ..Default::default()
-    })
+    };
+    // The emitter upholds XLA's module rules by construction; this keeps it honest in tests
+    // and debug builds at no cost to release builds.
+    debug_assert_eq!(super::check::check_module(&module), Vec::<String>::new());
+    Ok(module)
 }
 
 fn attrs<const N: usize>(pairs: [(&str, String); N]) -> FrontendAttributes {

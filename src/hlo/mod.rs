@@ -1,5 +1,6 @@
 //! Lowering of IR graphs to XLA `HloModuleProto`, and the HLO text printer.
 
+pub mod check;
 pub mod emit;
 pub mod lower;
 pub mod stats;
