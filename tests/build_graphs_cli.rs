@@ -24,7 +24,10 @@ fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
         })
         .collect();
     files.sort();
@@ -34,12 +37,31 @@ fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn builds_a_graph_set_with_manifest_and_reruns_identically() {
     let out = temp_dir("set");
-    let args = ["--layers", "2", "--buckets", "16,32", "--out", out.to_str().unwrap(), "--dot", "--stats"];
+    let args = [
+        "--layers",
+        "2",
+        "--buckets",
+        "16,32",
+        "--out",
+        out.to_str().unwrap(),
+        "--dot",
+        "--stats",
+    ];
     let first = run(&args);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let stdout = String::from_utf8_lossy(&first.stdout);
-    assert!(stdout.contains("cte_b1_s16") && stdout.contains("tkg_b1_s32"), "{stdout}");
-    assert!(stdout.contains("op histogram") && stdout.contains("clean"), "{stdout}");
+    assert!(
+        stdout.contains("cte_b1_s16") && stdout.contains("tkg_b1_s32"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("op histogram") && stdout.contains("clean"),
+        "{stdout}"
+    );
     let dir = out.join("phi-3-mini-4k/tp2");
     let files = read_tree(&dir);
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
@@ -48,9 +70,13 @@ fn builds_a_graph_set_with_manifest_and_reruns_identically() {
             assert!(names.contains(&format!("{g}.{ext}").as_str()), "{names:?}");
         }
     }
-    assert!(!names.iter().any(|n| n.contains(".tmp")), "no temp files left: {names:?}");
+    assert!(
+        !names.iter().any(|n| n.contains(".tmp")),
+        "no temp files left: {names:?}"
+    );
 
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["tp_degree"], 2);
     assert_eq!(manifest["replica_groups"], serde_json::json!([[0, 1]]));
     let graphs = manifest["graphs"].as_array().unwrap();
@@ -66,13 +92,23 @@ fn builds_a_graph_set_with_manifest_and_reruns_identically() {
     assert_eq!(caches[0]["shape"], serde_json::json!([1, 16, 32, 96]));
     let outputs = tkg["outputs"].as_array().unwrap();
     assert_eq!(outputs[0]["role"], "logits");
-    assert_eq!(outputs[1]["aliases_input"], inputs.iter().position(|i| i["role"] == "kv_cache").unwrap());
+    assert_eq!(
+        outputs[1]["aliases_input"],
+        inputs.iter().position(|i| i["role"] == "kv_cache").unwrap()
+    );
     assert_eq!(tkg["neuron_lint"]["clean"], true);
-    assert!(tkg["compiler_flags"].as_array().unwrap().iter().any(|f| f == "--target=trn1"));
+    assert!(tkg["compiler_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "--target=trn1"));
     let pb = std::fs::read(dir.join("tkg_b1_s32.hlo.pb")).unwrap();
     let sha: String = {
         use sha2::Digest;
-        sha2::Sha256::digest(&pb).iter().map(|b| format!("{b:02x}")).collect()
+        sha2::Sha256::digest(&pb)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     };
     assert_eq!(tkg["proto_sha256"], sha);
 
@@ -89,11 +125,17 @@ fn bad_options_fail_with_one_clear_line() {
     let o = out.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["--tp", "0"], "at least 1"),
-        (&["--buckets", "128,8192", "--max-seq-len", "4096"], "bucket 8192 is larger than --max-seq-len 4096"),
+        (
+            &["--buckets", "128,8192", "--max-seq-len", "4096"],
+            "bucket 8192 is larger than --max-seq-len 4096",
+        ),
         (&["--model", "phi-9"], "phi-9"),
         (&["--tp", "7"], "hidden_size 3072 is not divisible by 7"),
         (&["--dtype", "f8"], "--dtype must be bf16 or f32"),
-        (&["--sampling", "topk"], "--sampling must be one of none, greedy"),
+        (
+            &["--sampling", "topk"],
+            "--sampling must be one of none, greedy",
+        ),
         (&["--format", "json"], "--format must be pb, txt or both"),
     ];
     for (args, expected) in cases {
@@ -103,9 +145,16 @@ fn bad_options_fail_with_one_clear_line() {
         assert!(!r.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(err.contains(expected), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line, got {err}"
+        );
     }
-    assert!(!out.join("phi-3-mini-4k").exists(), "failed runs write nothing");
+    assert!(
+        !out.join("phi-3-mini-4k").exists(),
+        "failed runs write nothing"
+    );
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -113,7 +162,14 @@ fn bad_options_fail_with_one_clear_line() {
 fn list_models_names_the_embedded_configs() {
     let r = run(&["--list-models"]);
     let s = String::from_utf8_lossy(&r.stdout);
-    for m in ["phi-3-mini-4k", "phi-3-mini-128k", "phi-3-medium-4k", "phi-3-medium-128k", "phi-3.5-mini", "phi-4-mini"] {
+    for m in [
+        "phi-3-mini-4k",
+        "phi-3-mini-128k",
+        "phi-3-medium-4k",
+        "phi-3-medium-128k",
+        "phi-3.5-mini",
+        "phi-4-mini",
+    ] {
         assert!(s.lines().any(|l| l == m), "{s}");
     }
 }
@@ -129,17 +185,41 @@ fn compile_runs_neuronx_cc_and_caches_neffs() {
     let argv_log = out.join("argv.log");
     let cc = fake_compiler();
     let args = [
-        "--layers", "1", "--buckets", "16", "--out", out.to_str().unwrap(), "--compile",
-        "--neuronx-cc", cc.to_str().unwrap(), "--neff-cache", cache.to_str().unwrap(),
-        "--target", "trn2",
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+        "--compile",
+        "--neuronx-cc",
+        cc.to_str().unwrap(),
+        "--neff-cache",
+        cache.to_str().unwrap(),
+        "--target",
+        "trn2",
     ];
-    let first = bin().args(args).env("FAKE_NEURONX_CC_ARGV_LOG", &argv_log).output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let first = bin()
+        .args(args)
+        .env("FAKE_NEURONX_CC_ARGV_LOG", &argv_log)
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let argv = std::fs::read_to_string(&argv_log).unwrap();
     assert_eq!(argv.lines().count(), 2, "one compile per graph: {argv}");
-    assert!(argv.contains("--framework=XLA") && argv.contains("--target=trn2") && argv.contains("--lnc=2"), "{argv}");
+    assert!(
+        argv.contains("--framework=XLA")
+            && argv.contains("--target=trn2")
+            && argv.contains("--lnc=2"),
+        "{argv}"
+    );
     let dir = out.join("phi-3-mini-4k/tp2");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     for g in manifest["graphs"].as_array().unwrap() {
         let c = &g["compile"];
         assert!(c["neff_bytes"].as_u64().unwrap() > 0, "{c}");
@@ -147,21 +227,42 @@ fn compile_runs_neuronx_cc_and_caches_neffs() {
         assert!(dir.join(c["neff"].as_str().unwrap()).exists());
     }
     // Same protos, flags and compiler: every NEFF comes from the cache.
-    let second = bin().args(args).env("FAKE_NEURONX_CC_ARGV_LOG", &argv_log).output().unwrap();
+    let second = bin()
+        .args(args)
+        .env("FAKE_NEURONX_CC_ARGV_LOG", &argv_log)
+        .output()
+        .unwrap();
     assert!(second.status.success());
-    assert_eq!(std::fs::read_to_string(&argv_log).unwrap().lines().count(), 2, "no new compiles");
+    assert_eq!(
+        std::fs::read_to_string(&argv_log).unwrap().lines().count(),
+        2,
+        "no new compiles"
+    );
     assert!(String::from_utf8_lossy(&second.stdout).contains("(cache hit)"));
     // A flag override is a different cache key, passed through verbatim.
     let third = bin()
         .args(args)
-        .args(["--compiler-flags", "--target=trn2 -O1 '--tensorizer-options=--a --b'"])
+        .args([
+            "--compiler-flags",
+            "--target=trn2 -O1 '--tensorizer-options=--a --b'",
+        ])
         .env("FAKE_NEURONX_CC_ARGV_LOG", &argv_log)
         .output()
         .unwrap();
-    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
     let argv = std::fs::read_to_string(&argv_log).unwrap();
     assert_eq!(argv.lines().count(), 4);
-    assert!(argv.lines().last().unwrap().contains("--tensorizer-options=--a --b"), "{argv}");
+    assert!(
+        argv.lines()
+            .last()
+            .unwrap()
+            .contains("--tensorizer-options=--a --b"),
+        "{argv}"
+    );
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -169,14 +270,39 @@ fn compile_runs_neuronx_cc_and_caches_neffs() {
 fn compile_failures_and_a_missing_compiler_are_reported() {
     let out = temp_dir("compile-fail");
     let o = out.to_str().unwrap();
-    let missing = run(&["--layers", "1", "--buckets", "16", "--out", o, "--compile", "--neuronx-cc", "/nonexistent/neuronx-cc"]);
+    let missing = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--out",
+        o,
+        "--compile",
+        "--neuronx-cc",
+        "/nonexistent/neuronx-cc",
+    ]);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("not on PyPI") || err.contains("install"), "{err}");
-    assert!(!out.join("phi-3-mini-4k").exists(), "fails fast, before building");
+    assert!(
+        err.contains("not on PyPI") || err.contains("install"),
+        "{err}"
+    );
+    assert!(
+        !out.join("phi-3-mini-4k").exists(),
+        "fails fast, before building"
+    );
 
     let failing = bin()
-        .args(["--layers", "1", "--buckets", "16", "--out", o, "--compile", "--neuronx-cc"])
+        .args([
+            "--layers",
+            "1",
+            "--buckets",
+            "16",
+            "--out",
+            o,
+            "--compile",
+            "--neuronx-cc",
+        ])
         .arg(fake_compiler())
         .args(["--neff-cache", out.join("cache").to_str().unwrap()])
         .env("FAKE_NEURONX_CC_FAIL", "1")
@@ -184,9 +310,17 @@ fn compile_failures_and_a_missing_compiler_are_reported() {
         .unwrap();
     assert!(!failing.status.success());
     let err = String::from_utf8_lossy(&failing.stderr);
-    assert!(err.contains("reproduce with:") && err.contains("2 of 2 graphs failed"), "{err}");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("phi-3-mini-4k/tp2/manifest.json")).unwrap()).unwrap();
-    assert!(manifest["graphs"][0]["compile"]["error"].as_str().unwrap().contains("failed"));
+    assert!(
+        err.contains("reproduce with:") && err.contains("2 of 2 graphs failed"),
+        "{err}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("phi-3-mini-4k/tp2/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(manifest["graphs"][0]["compile"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("failed"));
     std::fs::remove_dir_all(&out).ok();
 }
