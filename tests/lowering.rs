@@ -121,6 +121,7 @@ fn metadata_and_neuron_io_names() {
         &LowerOptions {
             neff_io_names: false,
             metadata: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -146,6 +147,7 @@ fn text_matches_xla_format() {
         &LowerOptions {
             neff_io_names: false,
             metadata: false,
+            ..Default::default()
         },
     )
     .unwrap();

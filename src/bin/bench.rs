@@ -13,6 +13,7 @@ use phi3_neuron::hlo::{lower, LowerOptions};
 use phi3_neuron::models::phi3::graph::{record, CacheWrite, InputRole, RecordedGraph};
 use phi3_neuron::models::phi3::runner::element_type;
 use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
+use phi3_neuron::neuron::graphset::lower_recorded;
 use pjrt_runtime::{Arg, Buffer, Client, ClientOptions, CompileOptions, LoadedExecutable, Plugin};
 use prost::Message;
 use serde_json::{json, Value};
@@ -245,7 +246,7 @@ fn build_one(cfg: &Phi3Config, plan: &ShardPlan, spec: &GraphSpec) -> Result<Val
     let t1 = Instant::now();
     phi3_neuron::ir::passes::optimize(&mut recorded.graph);
     let t2 = Instant::now();
-    let proto = lower(&recorded.graph, &LowerOptions::default()).map_err(|e| e.to_string())?;
+    let proto = lower_recorded(&recorded.graph).map_err(|e| e.to_string())?;
     let t3 = Instant::now();
     let bytes = proto.encode_to_vec();
     let t4 = Instant::now();

@@ -250,11 +250,9 @@ fn run(args: Args) -> Result<(), String> {
         .join(model_dir_name(&cfg.name))
         .join(format!("tp{}", args.tp));
     let total = Instant::now();
-    let built = build_all(&cfg, &plan, &specs, args.jobs)?;
-
-    // Write the graphs first; the compiler reads the .hlo.pb files.
-    let mut files_per_graph = Vec::new();
-    for b in &built {
+    // Each graph is written as soon as it is built, then its proto is dropped: holding every
+    // module of a large set until the end would multiply peak memory by the set's size.
+    let write_files = |b: &BuiltGraph| -> Result<Vec<String>, String> {
         let name = b.recorded.spec.name();
         let mut files = Vec::new();
         let mut write = |file: String, bytes: &[u8]| -> Result<(), String> {
@@ -275,8 +273,12 @@ fn run(args: Args) -> Result<(), String> {
                 to_dot(&b.recorded.graph, 3).as_bytes(),
             )?;
         }
-        files_per_graph.push(files);
-    }
+        Ok(files)
+    };
+    let (built, files_per_graph): (Vec<BuiltGraph>, Vec<Vec<String>>) =
+        build_all(&cfg, &plan, &specs, args.jobs, &write_files)?
+            .into_iter()
+            .unzip();
     let flags: Vec<Vec<String>> = built
         .iter()
         .map(|b| {
@@ -312,7 +314,8 @@ fn run(args: Args) -> Result<(), String> {
         entries.push(graph_entry(
             &GraphArtifact {
                 recorded: &b.recorded,
-                proto_bytes: &b.bytes,
+                proto_sha256: &b.proto_sha256,
+                proto_len: b.proto_len,
                 files,
                 compiler_flags: flags[i].clone(),
                 stats: &b.stats,
@@ -348,7 +351,7 @@ fn run(args: Args) -> Result<(), String> {
             b.stats.parameters,
             b.stats.instructions,
             b.stats.collectives,
-            b.bytes.len(),
+            b.proto_len,
             b.build_ms
         );
     }
@@ -433,13 +436,17 @@ fn compile_graphs(
     Ok((version, results))
 }
 
-/// Builds every graph, `jobs` at a time, keeping the input order.
+type WriteFiles<'a> = dyn Fn(&BuiltGraph) -> Result<Vec<String>, String> + Sync + 'a;
+
+/// Builds every graph, `jobs` at a time, keeping the input order. Each graph goes through
+/// `write` (which returns the files it wrote) and is then slimmed to its summary.
 fn build_all(
     cfg: &Phi3Config,
     plan: &ShardPlan,
     specs: &[GraphSpec],
     jobs: Option<usize>,
-) -> Result<Vec<BuiltGraph>, String> {
+    write: &WriteFiles<'_>,
+) -> Result<Vec<(BuiltGraph, Vec<String>)>, String> {
     let jobs = jobs
         .unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -452,8 +459,8 @@ fn build_all(
         ProgressStyle::with_template("{bar:30} {pos}/{len} graphs").expect("valid template"),
     );
     let next = Mutex::new(0usize);
-    let results: Mutex<Vec<Option<Result<BuiltGraph, String>>>> =
-        Mutex::new((0..specs.len()).map(|_| None).collect());
+    type Slot = Option<Result<(BuiltGraph, Vec<String>), String>>;
+    let results: Mutex<Vec<Slot>> = Mutex::new((0..specs.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| loop {
@@ -464,7 +471,13 @@ fn build_all(
                     i
                 };
                 let Some(spec) = specs.get(i) else { break };
-                let r = build_graph(cfg, plan, spec).map_err(|e| e.to_string());
+                let r = build_graph(cfg, plan, spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut b| {
+                        let files = write(&b)?;
+                        b.drop_module();
+                        Ok((b, files))
+                    });
                 progress.inc(1);
                 results.lock().expect("no panics while holding the lock")[i] = Some(r);
             });

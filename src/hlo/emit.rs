@@ -3,7 +3,8 @@
 
 use super::shape_proto;
 use crate::ir::{ArrayType, DType, Literal, Type};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, HashSet};
 use xla_proto::{HloComputationProto, HloInstructionProto, ProgramShapeProto};
 
 #[derive(Default)]
@@ -27,6 +28,8 @@ impl ModuleEmitter {
     }
 
     /// Reserves `base`, or `base.N` when taken: instruction names are module-global in XLA.
+    /// Only caller-chosen names (parameters, computations) go through here; `<opcode>.<id>`
+    /// names are unique by their id.
     fn unique_name(&mut self, base: &str) -> String {
         let mut name = base.to_string();
         let mut n = 1;
@@ -46,7 +49,7 @@ impl ModuleEmitter {
             id,
             instrs: Vec::new(),
             params: BTreeMap::new(),
-            types: HashMap::new(),
+            types: FxHashMap::default(),
         }
     }
 
@@ -78,7 +81,7 @@ pub struct CompEmitter<'m> {
     id: i64,
     instrs: Vec<HloInstructionProto>,
     params: BTreeMap<i64, (String, xla_proto::ShapeProto)>,
-    types: HashMap<i64, Type>,
+    types: FxHashMap<i64, Type>,
 }
 
 impl CompEmitter<'_> {
@@ -119,9 +122,12 @@ impl CompEmitter<'_> {
         fill: impl FnOnce(&mut HloInstructionProto),
     ) -> i64 {
         let id = self.m.fresh_id();
-        let base = name.unwrap_or_else(|| format!("{}.{id}", opcode.replace('-', "_")));
+        let name = match name {
+            Some(n) => self.m.unique_name(&n),
+            None => format!("{}.{id}", opcode.replace('-', "_")),
+        };
         let mut instr = HloInstructionProto {
-            name: self.m.unique_name(&base),
+            name,
             opcode: opcode.to_string(),
             shape: Some(shape_proto(ty)),
             id,
@@ -153,6 +159,10 @@ impl CompEmitter<'_> {
     /// lowering can stamp one IR node's metadata on every instruction it produced.
     pub fn instructions_from(&mut self, start: usize) -> &mut [HloInstructionProto] {
         &mut self.instrs[start..]
+    }
+
+    pub fn reserve(&mut self, instructions: usize) {
+        self.instrs.reserve(instructions);
     }
 
     pub fn instruction_count(&self) -> usize {

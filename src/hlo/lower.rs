@@ -4,7 +4,6 @@
 use super::emit::ModuleEmitter;
 use super::shape_proto;
 use crate::ir::{verify, Graph, Op, Type, VerifyErrors};
-use std::collections::HashMap;
 use xla_proto::{
     hlo_input_output_alias_proto::AliasEntryProto, FrontendAttributes, HloInputOutputAliasProto,
     HloModuleProto, Kind, OpMetadata, ProgramShapeProto,
@@ -17,6 +16,10 @@ pub struct LowerOptions {
     pub neff_io_names: bool,
     /// Emit `OpMetadata` (scope path and Rust source location) on every instruction.
     pub metadata: bool,
+    /// Run the IR verifier first. Only skip it for a graph that `GraphBuilder::finish`
+    /// verified and that only invariant-preserving passes touched since; debug builds verify
+    /// regardless.
+    pub verify: bool,
 }
 
 impl Default for LowerOptions {
@@ -24,6 +27,7 @@ impl Default for LowerOptions {
         LowerOptions {
             neff_io_names: true,
             metadata: true,
+            verify: true,
         }
     }
 }
@@ -31,16 +35,19 @@ impl Default for LowerOptions {
 /// Verifies `g` and lowers it. The entry computation is `main`; its root is always a tuple of
 /// the graph outputs, so output `k` of the module is tuple element `{k}`.
 pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErrors> {
-    verify(g)?;
+    if opts.verify || cfg!(debug_assertions) {
+        verify(g)?;
+    }
     let mut m = ModuleEmitter::new();
     let mut entry = m.begin("main");
-    let mut values: HashMap<_, i64> = HashMap::new();
+    entry.reserve(g.node_count() + 16);
+    let mut values = vec![-1i64; g.index_bound()];
     let mut param_shapes = Vec::new();
     let mut param_names = Vec::new();
 
     for n in g.topo_order() {
         let node = g.node(n);
-        let operands: Vec<i64> = g.operands(n).iter().map(|o| values[o]).collect();
+        let operands: Vec<i64> = g.operands(n).iter().map(|o| values[o.index()]).collect();
         let start = entry.instruction_count();
         let id = node.op.lower(&mut entry, &operands, &node.ty);
         let p = &node.provenance;
@@ -71,7 +78,7 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
                 )]));
             }
         }
-        values.insert(n, id);
+        values[n.index()] = id;
     }
 
     let out_types: Vec<_> = g
@@ -85,7 +92,7 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
                 .clone()
         })
         .collect();
-    let out_ids: Vec<i64> = g.outputs.iter().map(|o| values[o]).collect();
+    let out_ids: Vec<i64> = g.outputs.iter().map(|o| values[o.index()]).collect();
     let root_ty = Type::Tuple(out_types);
     let root = entry.emit("tuple", &root_ty, &out_ids, |i| {
         if opts.neff_io_names {

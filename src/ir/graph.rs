@@ -4,10 +4,10 @@
 use super::ops::Op;
 use super::types::Type;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
-use petgraph::visit::EdgeRef;
+use petgraph::visit::{EdgeRef, NodeIndexable};
 use petgraph::Direction;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 
 /// A value in the IR. Printed as `%N`.
@@ -65,8 +65,10 @@ pub struct Alias {
 pub struct Graph {
     pub name: String,
     g: StableGraph<Node, u32>,
-    /// Insertion sequence per node: the tie-breaker that makes the topological order stable.
-    seq: HashMap<NodeIndex<u32>, u64>,
+    /// Insertion sequence per node index (stale for removed nodes): the tie-breaker that makes
+    /// the topological order stable. StableGraph may reuse a removed node's index, so the
+    /// sequence number, not the index, records insertion order.
+    seq: Vec<u64>,
     next_seq: u64,
     pub outputs: Vec<NodeId>,
     pub aliases: Vec<Alias>,
@@ -89,7 +91,10 @@ impl Graph {
         for (pos, op) in operands.iter().enumerate() {
             self.g.add_edge(op.0, idx, pos as u32);
         }
-        self.seq.insert(idx, self.next_seq);
+        if self.seq.len() <= idx.index() {
+            self.seq.resize(idx.index() + 1, 0);
+        }
+        self.seq[idx.index()] = self.next_seq;
         self.next_seq += 1;
         NodeId(idx)
     }
@@ -133,7 +138,7 @@ impl Graph {
             .neighbors_directed(id.0, Direction::Outgoing)
             .map(NodeId)
             .collect();
-        users.sort_by_key(|u| self.seq[&u.0]);
+        users.sort_by_key(|u| self.seq[u.0.index()]);
         users.dedup();
         users
     }
@@ -141,7 +146,7 @@ impl Graph {
     /// Every node, in insertion order.
     pub fn node_ids(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self.g.node_indices().map(NodeId).collect();
-        ids.sort_by_key(|n| self.seq[&n.0]);
+        ids.sort_by_key(|n| self.seq[n.0.index()]);
         ids
     }
 
@@ -163,29 +168,33 @@ impl Graph {
     /// insertion order for graphs the DSL records. Nodes on a cycle are left out, and the
     /// verifier reports them.
     pub fn topo_order(&self) -> Vec<NodeId> {
-        let mut indegree: HashMap<NodeIndex<u32>, usize> = HashMap::new();
+        let bound = self.g.node_bound();
+        let mut indegree = vec![0usize; bound];
         let mut ready = BinaryHeap::new();
         for n in self.g.node_indices() {
             let d = self.g.edges_directed(n, Direction::Incoming).count();
-            indegree.insert(n, d);
+            indegree[n.index()] = d;
             if d == 0 {
-                ready.push(Reverse((self.seq[&n], n)));
+                ready.push(Reverse((self.seq[n.index()], n)));
             }
         }
         let mut order = Vec::with_capacity(self.g.node_count());
         while let Some(Reverse((_, n))) = ready.pop() {
             order.push(NodeId(n));
             for e in self.g.edges_directed(n, Direction::Outgoing) {
-                let d = indegree
-                    .get_mut(&e.target())
-                    .expect("edge target is a node");
-                *d -= 1;
-                if *d == 0 {
-                    ready.push(Reverse((self.seq[&e.target()], e.target())));
+                let t = e.target();
+                indegree[t.index()] -= 1;
+                if indegree[t.index()] == 0 {
+                    ready.push(Reverse((self.seq[t.index()], t)));
                 }
             }
         }
         order
+    }
+
+    /// One past the largest node index: the size of a vector indexed by [`NodeId::index`].
+    pub fn index_bound(&self) -> usize {
+        self.g.node_bound()
     }
 
     /// Points every use of `old` (operands, outputs) at `new`, then removes `old`.
@@ -208,7 +217,6 @@ impl Graph {
 
     pub fn remove(&mut self, id: NodeId) {
         self.g.remove_node(id.0);
-        self.seq.remove(&id.0);
     }
 
     /// One-line rendering used in verifier messages: `%5 = f32[2] add(%3, %4) at <provenance>`.

@@ -2,7 +2,7 @@
 
 use super::graph::{Graph, NodeId};
 use super::ops::Op;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 pub trait Pass {
     fn name(&self) -> &'static str;
@@ -38,7 +38,7 @@ impl Pass for DeadCodeElimination {
         "dce"
     }
     fn run(&self, g: &mut Graph) -> bool {
-        let mut live: HashSet<NodeId> = HashSet::new();
+        let mut live: FxHashSet<NodeId> = FxHashSet::default();
         let mut stack: Vec<NodeId> = g
             .outputs
             .iter()
@@ -71,7 +71,7 @@ impl Pass for CommonSubexpressionElimination {
         "cse"
     }
     fn run(&self, g: &mut Graph) -> bool {
-        let mut seen: HashMap<(Op, Vec<NodeId>), NodeId> = HashMap::new();
+        let mut seen: FxHashMap<(Op, Vec<NodeId>), NodeId> = FxHashMap::default();
         let mut changed = false;
         // Topological order: a node's operands are already canonical when it is visited.
         for n in g.topo_order() {

@@ -15,7 +15,10 @@ use std::time::Instant;
 pub struct BuiltGraph {
     pub recorded: RecordedGraph,
     pub proto: xla_proto::HloModuleProto,
+    /// The serialised proto (empty after [`BuiltGraph::drop_module`]).
     pub bytes: Vec<u8>,
+    pub proto_sha256: String,
+    pub proto_len: usize,
     pub stats: ModuleStats,
     pub weight_bytes: u64,
     pub kv_bytes: u64,
@@ -25,6 +28,12 @@ pub struct BuiltGraph {
 }
 
 impl BuiltGraph {
+    /// Frees the module and its bytes once written, keeping the summary (hash, size, stats).
+    pub fn drop_module(&mut self) {
+        self.proto = Default::default();
+        self.bytes = Vec::new();
+    }
+
     pub fn text(&self, tp: i64) -> String {
         print_module(
             &self.proto,
@@ -35,6 +44,16 @@ impl BuiltGraph {
     }
 }
 
+/// Lowers a graph that `record` verified when it finished it and that only CSE/DCE touched
+/// since (they keep it valid), so the verifier does not run twice (debug builds still run it).
+pub fn lower_recorded(graph: &Graph) -> Result<xla_proto::HloModuleProto, crate::ir::VerifyErrors> {
+    let opts = LowerOptions {
+        verify: false,
+        ..Default::default()
+    };
+    lower(graph, &opts)
+}
+
 pub fn build_graph(
     cfg: &Phi3Config,
     plan: &ShardPlan,
@@ -43,7 +62,7 @@ pub fn build_graph(
     let start = Instant::now();
     let mut recorded = record(cfg, plan, spec)?;
     crate::ir::passes::optimize(&mut recorded.graph);
-    let proto = lower(&recorded.graph, &LowerOptions::default()).map_err(BuildError::Verify)?;
+    let proto = lower_recorded(&recorded.graph).map_err(BuildError::Verify)?;
     let bytes = proto.encode_to_vec();
     let build_ms = start.elapsed().as_secs_f64() * 1e3;
     let stats = module_stats(&proto);
@@ -61,6 +80,8 @@ pub fn build_graph(
     Ok(BuiltGraph {
         recorded,
         proto,
+        proto_sha256: crate::neuron::manifest::sha256_hex(&bytes),
+        proto_len: bytes.len(),
         bytes,
         stats,
         weight_bytes,

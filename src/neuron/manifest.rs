@@ -83,7 +83,8 @@ fn shard_rule(name: &str, plan: &ShardPlan) -> Value {
 
 pub struct GraphArtifact<'a> {
     pub recorded: &'a RecordedGraph,
-    pub proto_bytes: &'a [u8],
+    pub proto_sha256: &'a str,
+    pub proto_len: usize,
     pub files: Vec<String>,
     pub compiler_flags: Vec<String>,
     pub stats: &'a crate::hlo::stats::ModuleStats,
@@ -129,8 +130,8 @@ pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
             "runs_on_cpu": s.options.rms_norm == crate::models::phi3::graph::NormImpl::Primitives,
         },
         "files": a.files,
-        "proto_sha256": sha256_hex(a.proto_bytes),
-        "proto_bytes": a.proto_bytes.len(),
+        "proto_sha256": a.proto_sha256,
+        "proto_bytes": a.proto_len,
         "compiler_flags": a.compiler_flags,
         "inputs": inputs,
         "outputs": outputs,
