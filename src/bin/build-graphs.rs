@@ -7,7 +7,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::phi3::config::embedded_names;
-use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions, NormImpl};
+use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions, LinearForm, NormImpl};
 use phi3_neuron::models::phi3::{GraphKind, GraphSpec, Phi3Config, ShardPlan};
 use phi3_neuron::neuron::artifacts::write_atomic;
 use phi3_neuron::neuron::graphset::{build_graph, to_dot, BuiltGraph};
@@ -73,9 +73,17 @@ struct Args {
     /// MLP gate/up weights: fused (one gate_up_proj per layer, HF's layout) or split.
     #[arg(long, default_value = "fused")]
     gate_up: String,
-    /// Decode cache write: scatter (NxD's) or dus (dynamic-update-slice, batch 1).
-    #[arg(long, default_value = "scatter")]
-    cache_write: String,
+    /// Projection matmuls: activation-first (x·wᵀ, NxD's; the neuron preset's) or weight-first
+    /// (w·xᵀ, faster on CPU; the cpu preset's).
+    #[arg(long)]
+    linear: Option<String>,
+    /// Neuron defaults, or `cpu`: the forms the PJRT CPU plugin runs fastest (dus, weight-first).
+    #[arg(long, default_value = "neuron")]
+    preset: String,
+    /// Decode cache write: scatter (NxD's; the neuron preset's) or dus (one
+    /// dynamic-update-slice per sequence; the cpu preset's).
+    #[arg(long)]
+    cache_write: Option<String>,
     /// On-device sampling: none, or greedy (an argmax; outside Neuron's documented op set).
     #[arg(long, default_value = "none")]
     sampling: String,
@@ -138,15 +146,32 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
             .position(|o| *o == v)
             .ok_or_else(|| format!("--{flag} must be one of {}, got `{v}`", options.join(", ")))
     };
+    let base = match args.preset.as_str() {
+        "neuron" => GraphOptions::default(),
+        "cpu" => GraphOptions::cpu(),
+        other => {
+            return Err(format!(
+                "--preset must be one of neuron, cpu, got `{other}`"
+            ))
+        }
+    };
     Ok(GraphOptions {
         fused_qkv: pick("qkv", &args.qkv, &["fused", "split"])? == 0,
         fused_gate_up: pick("gate-up", &args.gate_up, &["fused", "split"])? == 0,
-        decode_cache_write: [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice]
-            [pick("cache-write", &args.cache_write, &["scatter", "dus"])?],
+        decode_cache_write: match &args.cache_write {
+            Some(v) => [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice]
+                [pick("cache-write", v, &["scatter", "dus"])?],
+            None => base.decode_cache_write,
+        },
         on_device_greedy: pick("sampling", &args.sampling, &["none", "greedy"])? == 1,
         gather_logits: pick("logits", &args.logits, &["gathered", "sharded"])? == 0,
         rms_norm: [NormImpl::Primitives, NormImpl::NeuronCustomCall]
             [pick("rmsnorm", &args.rmsnorm, &["primitives", "custom-call"])?],
+        linear: match &args.linear {
+            Some(v) => [LinearForm::ActivationFirst, LinearForm::WeightFirst]
+                [pick("linear", v, &["activation-first", "weight-first"])?],
+            None => base.linear,
+        },
     })
 }
 

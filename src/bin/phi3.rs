@@ -8,9 +8,12 @@
 //!
 //! `logits` prints `{"last_logits": [...]}`, `generate` prints `{"tokens": [...]}` (the new
 //! tokens only, greedy). The plugin comes from `PJRT_PLUGIN` (`tools/install-pjrt-plugin`).
+//! The graphs use the CPU preset (`GraphOptions::cpu`): the same numerics as the Neuron
+//! defaults, in the forms XLA:CPU runs fastest.
 
 use clap::{Args, Parser, Subcommand};
 use phi3_neuron::dsl::DType;
+use phi3_neuron::models::phi3::graph::GraphOptions;
 use phi3_neuron::models::phi3::runner::Runner;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,7 +85,7 @@ fn runner(c: &Common, new_tokens: usize) -> Result<Runner, String> {
         c.tp,
         dtype,
         max_seq_len,
-        Default::default(),
+        GraphOptions::cpu(),
     )
     .map_err(|e| e.to_string())
 }

@@ -100,6 +100,24 @@ fn is_constant_like(id: i64, by_id: &HashMap<i64, &HloInstructionProto>) -> bool
     }
 }
 
+/// True when a dynamic-update-slice writes into an aliased parameter (KV-cache state), directly
+/// or through a chain of dynamic-update-slices (one per sequence of a batch).
+fn updates_state(
+    i: &HloInstructionProto,
+    by_id: &HashMap<i64, &HloInstructionProto>,
+    aliased: &HashSet<i64>,
+) -> bool {
+    let mut target = i.operand_ids.first().and_then(|o| by_id.get(o));
+    while let Some(t) = target {
+        match t.opcode.as_str() {
+            "parameter" => return aliased.contains(&t.parameter_number),
+            "dynamic-update-slice" => target = t.operand_ids.first().and_then(|o| by_id.get(o)),
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn reducer_root(comp: &HloComputationProto) -> Option<&str> {
     comp.instructions
         .iter()
@@ -212,9 +230,7 @@ pub fn lint(m: &HloModuleProto) -> Vec<Finding> {
                     if runtime {
                         let writes_state = op == "dynamic-update-slice"
                             && is_entry
-                            && by_id.get(&i.operand_ids[0]).is_some_and(|p| {
-                                p.opcode == "parameter" && aliased.contains(&p.parameter_number)
-                            });
+                            && updates_state(i, &by_id, &aliased);
                         if writes_state {
                             flag(
                                 "dynamic-update-slice of an aliased KV cache at runtime indices"

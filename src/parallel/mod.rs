@@ -5,15 +5,36 @@
 
 use crate::dsl::{DType, DotDims, OpError, ReduceKind, ReplicaGroups, Tensor};
 
-/// The tensor-parallel group: `degree` ranks, all in one replica group.
+/// The tensor-parallel group: `degree` ranks, all in one replica group; and how its linears
+/// lay out their matmuls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorParallel {
     pub degree: i64,
+    pub linear: LinearForm,
+}
+
+/// Operand order of a projection `y = x · wᵀ` with `w` stored `[out, in]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LinearForm {
+    /// `dot(x, w)` contracting `x`'s last dim with `w`'s dim 1: what NxD emits.
+    #[default]
+    ActivationFirst,
+    /// `dot(w, x)`, then a transpose of the (activation-sized) result back to `[..., out]`.
+    /// XLA:CPU packs an `[out, in]` lhs contiguously for its GEMMs, but gathers it element by
+    /// element as the rhs: prefill is about 3× faster this way (docs/decode-performance.md).
+    WeightFirst,
 }
 
 impl TensorParallel {
     pub fn new(degree: i64) -> Self {
-        TensorParallel { degree }
+        TensorParallel {
+            degree,
+            linear: LinearForm::default(),
+        }
+    }
+
+    pub fn with_linear(self, linear: LinearForm) -> Self {
+        TensorParallel { linear, ..self }
     }
 
     pub fn groups(&self) -> ReplicaGroups {
@@ -30,16 +51,48 @@ impl TensorParallel {
 /// engine and PyTorch's CPU/GPU bf16 matmuls do.
 #[track_caller]
 pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, OpError> {
-    let dims = DotDims {
-        lhs_contracting: vec![x.rank() as i64 - 1],
-        rhs_contracting: vec![1],
-        ..Default::default()
+    linear_as(x, weight, LinearForm::ActivationFirst)
+}
+
+/// [`linear`] in the given operand order; both orders compute the same values.
+#[track_caller]
+pub fn linear_as(x: &Tensor, weight: &Tensor, form: LinearForm) -> Result<Tensor, OpError> {
+    let r = x.rank() as i64;
+    let low_precision = matches!(x.dtype(), DType::BF16 | DType::F16);
+    let (lhs, rhs, dims) = match form {
+        LinearForm::ActivationFirst => (
+            x,
+            weight,
+            DotDims {
+                lhs_contracting: vec![r - 1],
+                rhs_contracting: vec![1],
+                ..Default::default()
+            },
+        ),
+        LinearForm::WeightFirst => (
+            weight,
+            x,
+            DotDims {
+                lhs_contracting: vec![1],
+                rhs_contracting: vec![r - 1],
+                ..Default::default()
+            },
+        ),
     };
-    match x.dtype() {
-        DType::BF16 | DType::F16 => x
-            .dot_general_to(weight, dims, DType::F32)?
-            .convert(x.dtype()),
-        _ => x.dot_general(weight, dims),
+    let mut y = if low_precision {
+        lhs.dot_general_to(rhs, dims, DType::F32)?
+    } else {
+        lhs.dot_general(rhs, dims)?
+    };
+    if form == LinearForm::WeightFirst {
+        // [out, ...] → [..., out]
+        let perm: Vec<i64> = (1..r).chain([0]).collect();
+        y = y.transpose(&perm)?;
+    }
+    if low_precision {
+        y.convert(x.dtype())
+    } else {
+        Ok(y)
     }
 }
 
@@ -52,7 +105,7 @@ pub fn column_parallel_linear(
     gather_output: bool,
     tp: &TensorParallel,
 ) -> Result<Tensor, OpError> {
-    let y = linear(x, weight_shard)?;
+    let y = linear_as(x, weight_shard, tp.linear)?;
     if gather_output && tp.is_parallel() {
         y.all_gather(-1, &tp.groups())
     } else {
@@ -68,7 +121,7 @@ pub fn row_parallel_linear(
     weight_shard: &Tensor,
     tp: &TensorParallel,
 ) -> Result<Tensor, OpError> {
-    let partial = linear(x_shard, weight_shard)?;
+    let partial = linear_as(x_shard, weight_shard, tp.linear)?;
     if tp.is_parallel() {
         partial.all_reduce(ReduceKind::Sum, &tp.groups())
     } else {

@@ -19,8 +19,9 @@ use crate::dsl::{
     ArrayType, DType, DotDims, Graph, GraphBuilder, OpError, ScatterCombiner, ScatterDims, Tensor,
 };
 use crate::ir::VerifyErrors;
+pub use crate::parallel::LinearForm;
 use crate::parallel::{
-    column_parallel_linear, linear, parallel_embedding, row_parallel_linear, TensorParallel,
+    column_parallel_linear, linear_as, parallel_embedding, row_parallel_linear, TensorParallel,
 };
 use std::fmt;
 
@@ -42,9 +43,12 @@ impl GraphKind {
 /// How decode writes the new K/V rows into the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheWrite {
-    /// `scatter` at `position_ids` (any batch size; what NxD emits).
+    /// `scatter` at `position_ids` (what NxD emits).
     Scatter,
-    /// `dynamic-update-slice` at `position_ids[0,0]` (batch 1 only).
+    /// One in-place `dynamic-update-slice` per sequence, at `[b, 0, position_ids[b,0], 0]`.
+    /// Unlike scatter, an out-of-range position is clamped to the last row rather than
+    /// dropped. XLA:CPU updates the cache in place this way, where its scatter lowering
+    /// transposes every cache twice per step at batch > 1 (docs/decode-performance.md).
     DynamicUpdateSlice,
 }
 
@@ -69,6 +73,21 @@ pub struct GraphOptions {
     /// All-gather the logits to the full vocab; otherwise each rank returns its vocab shard.
     pub gather_logits: bool,
     pub rms_norm: NormImpl,
+    /// Operand order of the projection matmuls.
+    pub linear: LinearForm,
+}
+
+impl GraphOptions {
+    /// What runs fastest on the PJRT CPU plugin: per-sequence dynamic-update-slice cache
+    /// writes and weight-first matmuls (both measured in docs/decode-performance.md). The
+    /// defaults stay NxD's forms for Neuron until neuronx-cc has compared them.
+    pub fn cpu() -> Self {
+        GraphOptions {
+            decode_cache_write: CacheWrite::DynamicUpdateSlice,
+            linear: LinearForm::WeightFirst,
+            ..GraphOptions::default()
+        }
+    }
 }
 
 impl Default for GraphOptions {
@@ -80,6 +99,7 @@ impl Default for GraphOptions {
             on_device_greedy: false,
             gather_logits: true,
             rms_norm: NormImpl::Primitives,
+            linear: LinearForm::ActivationFirst,
         }
     }
 }
@@ -417,8 +437,14 @@ impl Recorder<'_> {
                 cache.dynamic_update_slice(new, &[&zero, &zero, &zero, &zero])
             }
             (GraphKind::TokenGeneration, CacheWrite::DynamicUpdateSlice) => {
-                let p = pos.slice(&[0, 0], &[1, 1], &[1, 1])?.reshape(&[])?;
-                cache.dynamic_update_slice(new, &[&zero, &zero, &p, &zero])
+                let mut updated = cache.clone();
+                for row in 0..self.spec.batch {
+                    let b = self.b.scalar(DType::S32, row as f64)?;
+                    let p = pos.slice(&[row, 0], &[row + 1, 1], &[1, 1])?.reshape(&[])?;
+                    let rows = new.slice_dim(0, row, row + 1)?;
+                    updated = updated.dynamic_update_slice(&rows, &[&b, &zero, &p, &zero])?;
+                }
+                Ok(updated)
             }
             (GraphKind::TokenGeneration, CacheWrite::Scatter) => {
                 let (bsz, s) = (self.spec.batch, self.spec.seq_len);
@@ -523,20 +549,12 @@ pub fn record(
             spec.seq_len, spec.max_seq_len
         ));
     }
-    if spec.kind == GraphKind::TokenGeneration
-        && spec.options.decode_cache_write == CacheWrite::DynamicUpdateSlice
-        && spec.batch != 1
-    {
-        return bad(
-            "dynamic-update-slice cache writes in decode need batch 1 (use scatter)".into(),
-        );
-    }
     let mut r = Recorder {
         b: GraphBuilder::new(spec.name()),
         cfg,
         plan,
         spec,
-        tp: TensorParallel::new(plan.tp),
+        tp: TensorParallel::new(plan.tp).with_linear(spec.options.linear),
         inputs: Vec::new(),
     };
     let (bsz, s, smax) = (spec.batch, spec.seq_len, spec.max_seq_len);
@@ -734,7 +752,7 @@ pub fn record(
     };
     let (local_logits, gathered) = {
         let _s = b.scope("lm_head");
-        let local = linear(&normed, &lm_head)?.convert(DType::F32)?;
+        let local = linear_as(&normed, &lm_head, r.tp.linear)?.convert(DType::F32)?;
         if spec.options.gather_logits {
             let full = if r.tp.is_parallel() {
                 local.all_gather(1, &r.tp.groups())?
