@@ -334,14 +334,14 @@ fn batched_decode_cache_writes_agree() {
         plan.head_dim as usize,
     );
     for (c, (before, after)) in cache_inputs.iter().zip(&results[0][1..]).enumerate() {
-        for b in 0..2 {
+        for (b, &p) in pos.iter().enumerate() {
             for h in 0..kv_heads {
                 for s in 0..smax {
                     let row = ((b * kv_heads + h) * smax + s) * hd;
                     let changed = before[row..row + hd] != after[row..row + hd];
                     assert_eq!(
                         changed,
-                        s == pos[b] as usize,
+                        s == p as usize,
                         "cache {c}, sequence {b}, head {h}, row {s}"
                     );
                 }
