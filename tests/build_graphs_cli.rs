@@ -324,3 +324,98 @@ fn compile_failures_and_a_missing_compiler_are_reported() {
         .contains("failed"));
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn a_failed_run_leaves_no_stale_manifest() {
+    let out = temp_dir("stale");
+    let dir = out.join("phi-3-mini-4k/tp2");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("manifest.json"), "{\"from\": \"an older build\"}").unwrap();
+    std::fs::write(dir.join(".cte_b1_s16.hlo.pb.tmp.999.0"), "half-written").unwrap();
+    // A folder where a graph file must go makes the write fail mid-run.
+    std::fs::create_dir_all(dir.join("tkg_b1_s16.hlo.pb")).unwrap();
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("tkg_b1_s16.hlo.pb"));
+    assert!(
+        !dir.join("manifest.json").exists(),
+        "the old manifest no longer describes the files"
+    );
+    assert!(
+        !dir.join(".cte_b1_s16.hlo.pb.tmp.999.0").exists(),
+        "stale temporaries are removed"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn options_are_deduplicated_checked_and_recorded() {
+    let out = temp_dir("opts");
+    let o = out.to_str().unwrap();
+    // Asking for a kind twice builds it once.
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--graphs",
+        "cte,cte",
+        "--out",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join("phi-3-mini-4k/tp2/manifest.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(read()["graphs"].as_array().unwrap().len(), 1);
+    // Decode-only sets are not held to the (prefill) buckets.
+    let r = run(&[
+        "--layers",
+        "1",
+        "--graphs",
+        "tkg",
+        "--max-seq-len",
+        "512",
+        "--out",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = run(&["--layers", "1", "--max-seq-len", "99999999", "--out", o]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("max_position_embeddings 4096"),
+        "{err}"
+    );
+    // The manifest says how the graphs were built.
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--qkv",
+        "split",
+        "--sampling",
+        "greedy",
+        "--preset",
+        "cpu",
+        "--out",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = read();
+    assert_eq!(m["neuron_config"]["fused_qkv"], false);
+    assert_eq!(m["neuron_config"]["on_device_sampling"], true);
+    let options = &m["graphs"][0]["options"];
+    assert_eq!(options["fused_qkv"], false);
+    assert_eq!(options["linear"], "WeightFirst");
+    assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
+    std::fs::remove_dir_all(&out).ok();
+}

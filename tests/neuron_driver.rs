@@ -508,3 +508,42 @@ fn shell_quoting() {
     assert_eq!(shell_quote("it's"), r"'it'\''s'");
     assert_eq!(shell_quote("$HOME"), "'$HOME'");
 }
+
+/// Moving model code by a line changes the metadata, not the graph: the NEFF cache key must
+/// not change, while a real change to the module must.
+#[test]
+fn cache_key_ignores_source_locations_only() {
+    use phi3_neuron::dsl::{DType, GraphBuilder};
+    use phi3_neuron::hlo::{lower, LowerOptions};
+    use prost::Message;
+    let b = GraphBuilder::new("key");
+    let x = b.parameter("x", DType::F32, &[4]).unwrap();
+    let y = x.exp().unwrap();
+    let m = lower(&b.finish(&[&y]).unwrap(), &LowerOptions::default()).unwrap();
+    let flags = vec!["--target=trn1".to_string()];
+    let base = cache_key(&m.encode_to_vec(), &flags, "v1");
+
+    let mut moved = m.clone();
+    for i in moved
+        .computations
+        .iter_mut()
+        .flat_map(|c| c.instructions.iter_mut())
+    {
+        if let Some(md) = &mut i.metadata {
+            md.source_line += 7;
+            md.source_file = "/elsewhere/src/models/phi3/graph.rs".into();
+        }
+    }
+    assert_ne!(moved.encode_to_vec(), m.encode_to_vec());
+    assert_eq!(cache_key(&moved.encode_to_vec(), &flags, "v1"), base);
+
+    let mut changed = m.clone();
+    let entry = changed.computations.last_mut().unwrap();
+    let exp = entry
+        .instructions
+        .iter_mut()
+        .find(|i| i.opcode == "exponential")
+        .unwrap();
+    exp.opcode = "tanh".into();
+    assert_ne!(cache_key(&changed.encode_to_vec(), &flags, "v1"), base);
+}

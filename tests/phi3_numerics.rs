@@ -224,7 +224,7 @@ fn knobs_keep_the_numerics() {
 #[test]
 fn bf16_stays_close_to_hf() {
     for f in FIXTURES {
-        for tp in [1, 2] {
+        for tp in [1, 2, 4] {
             check(f, tp, DType::BF16, 0.03, 8, &GraphOptions::default());
         }
     }

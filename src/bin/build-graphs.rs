@@ -9,9 +9,9 @@ use phi3_neuron::dsl::DType;
 use phi3_neuron::models::phi3::config::embedded_names;
 use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions, LinearForm, NormImpl};
 use phi3_neuron::models::phi3::{GraphKind, GraphSpec, Phi3Config, ShardPlan};
-use phi3_neuron::neuron::artifacts::write_atomic;
+use phi3_neuron::neuron::artifacts::{remove_stale_temporaries, write_atomic};
 use phi3_neuron::neuron::graphset::{build_graph, to_dot, BuiltGraph};
-use phi3_neuron::neuron::manifest::{graph_entry, manifest, GraphArtifact};
+use phi3_neuron::neuron::manifest::{graph_entry, manifest, GraphArtifact, SetInfo};
 use phi3_neuron::neuron::{default_compiler_flags, driver, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -217,10 +217,14 @@ fn run(args: Args) -> Result<(), String> {
     }
     let mut kinds = Vec::new();
     for g in &args.graphs {
-        match g.as_str() {
-            "cte" => kinds.push(GraphKind::ContextEncoding),
-            "tkg" => kinds.push(GraphKind::TokenGeneration),
+        let kind = match g.as_str() {
+            "cte" => GraphKind::ContextEncoding,
+            "tkg" => GraphKind::TokenGeneration,
             other => return Err(format!("--graphs takes cte and/or tkg, got `{other}`")),
+        };
+        // `--graphs cte,cte` names each graph once: two builds of one file would race.
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
         }
     }
     let plan = ShardPlan::new(&cfg, args.tp).map_err(|e| e.to_string())?;
@@ -230,9 +234,28 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(&b) = buckets.iter().find(|&&b| b < 1) {
         return Err(format!("bucket {b} must be at least 1"));
     }
-    if let (Some(max), Some(&b)) = (args.max_seq_len, buckets.last()) {
-        if b > max {
-            return Err(format!("bucket {b} is larger than --max-seq-len {max}"));
+    let limit = cfg.max_position_embeddings as i64;
+    if let Some(max) = args.max_seq_len {
+        if !(1..=limit).contains(&max) {
+            return Err(format!(
+                "--max-seq-len {max} must be between 1 and the model's max_position_embeddings {limit}"
+            ));
+        }
+    }
+    // Buckets bound prefill graphs, and name the cache lengths of decode graphs when
+    // --max-seq-len does not fix one.
+    let buckets_used = kinds.contains(&GraphKind::ContextEncoding) || args.max_seq_len.is_none();
+    if let (true, Some(&b)) = (buckets_used, buckets.last()) {
+        match args.max_seq_len {
+            Some(max) if kinds.contains(&GraphKind::ContextEncoding) && b > max => {
+                return Err(format!("bucket {b} is larger than --max-seq-len {max}"));
+            }
+            None if b > limit => {
+                return Err(format!(
+                    "bucket {b} is larger than the model's max_position_embeddings {limit}"
+                ));
+            }
+            _ => {}
         }
     }
 
@@ -275,6 +298,16 @@ fn run(args: Args) -> Result<(), String> {
         .join(model_dir_name(&cfg.name))
         .join(format!("tp{}", args.tp));
     let total = Instant::now();
+    // A manifest must only ever describe the files beside it. Take the old one away before the
+    // first graph file changes; the new one is written after the last. An interrupted run
+    // therefore leaves no manifest, rather than one that names files of another build.
+    remove_stale_temporaries(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    match std::fs::remove_file(dir.join("manifest.json")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: {e}", dir.join("manifest.json").display()))
+        }
+        _ => {}
+    }
     // Each graph is written as soon as it is built, then its proto is dropped: holding every
     // module of a large set until the end would multiply peak memory by the set's size.
     let write_files = |b: &BuiltGraph| -> Result<Vec<String>, String> {
@@ -351,15 +384,14 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     let max_len = specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0);
-    let m = manifest(
-        &cfg,
-        &plan,
-        args.batch,
-        max_len,
-        &args.dtype,
-        &args.target,
-        entries,
-    );
+    let set = SetInfo {
+        batch: args.batch,
+        max_seq_len: max_len,
+        dtype: &args.dtype,
+        target: &args.target,
+        options: &options,
+    };
+    let m = manifest(&cfg, &plan, &set, entries);
     let text = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())? + "\n";
     // The manifest goes last, so it never names a file that is not fully written.
     write_atomic(&dir.join("manifest.json"), text.as_bytes())

@@ -4,6 +4,7 @@
 //! ```text
 //! phi3 logits   --model DIR --prompt-ids 1,2,3 [--tp N] [--dtype f32|bf16]
 //! phi3 generate --model DIR --prompt-ids 1,2,3 --max-new-tokens K [--tp N] [--dtype f32|bf16]
+//! phi3 shard    --model DIR --tp N --out DIR [--dtype f32|bf16]
 //! ```
 //!
 //! `logits` prints `{"last_logits": [...]}`, `generate` prints `{"tokens": [...]}` (the new
@@ -15,6 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::phi3::graph::GraphOptions;
 use phi3_neuron::models::phi3::runner::Runner;
+use phi3_neuron::models::phi3::weights::{write_rank_files, Checkpoint};
+use phi3_neuron::models::phi3::{Phi3Config, ShardPlan};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +38,19 @@ enum Command {
         common: Common,
         #[arg(long)]
         max_new_tokens: usize,
+    },
+    /// Shard a checkpoint for tensor parallelism: writes OUT/tp{r}.safetensors per rank, with the
+    /// tensors each rank's graph inputs take (names as in manifest.json).
+    Shard {
+        /// Hugging Face model folder: config.json plus model.safetensors (or a sharded index).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        tp: i64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
     },
 }
 
@@ -66,14 +82,29 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!("--dtype must be f32 or bf16, got `{other}`")),
+    }
+}
+
 fn runner(c: &Common, new_tokens: usize) -> Result<Runner, String> {
-    let dtype = match c.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => return Err(format!("--dtype must be f32 or bf16, got `{other}`")),
-    };
+    let dtype = parse_dtype(&c.dtype)?;
     if c.tp < 1 {
         return Err(format!("--tp must be at least 1, got {}", c.tp));
+    }
+    let cfg = Phi3Config::from_file(&c.model.join("config.json")).map_err(|e| e.to_string())?;
+    let limit = cfg.max_position_embeddings;
+    match c.prompt_ids.len().checked_add(new_tokens) {
+        Some(n) if n <= limit => {}
+        _ => {
+            return Err(format!(
+                "{} prompt tokens + {new_tokens} new tokens exceed the model's max_position_embeddings {limit}",
+                c.prompt_ids.len()
+            ))
+        }
     }
     let plugin = pjrt_runtime::Plugin::from_env().map_err(|e| e.to_string())?;
     // One cache long enough for the prompt and every new token, rounded up to a multiple of 8.
@@ -97,6 +128,22 @@ fn run(cli: Cli) -> Result<String, String> {
                 .last_logits(&c.prompt_ids)
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({ "last_logits": logits }).to_string())
+        }
+        Command::Shard {
+            model,
+            tp,
+            out,
+            dtype,
+        } => {
+            let dtype = parse_dtype(&dtype)?;
+            let cfg =
+                Phi3Config::from_file(&model.join("config.json")).map_err(|e| e.to_string())?;
+            let plan = ShardPlan::new(&cfg, tp).map_err(|e| e.to_string())?;
+            let ckpt = Checkpoint::open(&model).map_err(|e| e.to_string())?;
+            let files =
+                write_rank_files(&ckpt, &cfg, &plan, dtype, &out).map_err(|e| e.to_string())?;
+            let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            Ok(serde_json::json!({ "files": files }).to_string())
         }
         Command::Generate {
             common,

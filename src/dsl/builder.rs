@@ -284,6 +284,7 @@ impl GraphBuilder {
 
     /// Declares that output `output` may reuse the buffer of parameter `param` (KV caches).
     /// Checked by the verifier when the graph is finished.
+    #[track_caller]
     pub fn alias_output(&self, output: usize, param: &Tensor) -> Result<(), OpError> {
         let number = match &self.state.borrow().graph.node(param.id()).op {
             Op::Parameter(p) => Some(p.number),

@@ -1,15 +1,36 @@
 //! Composite ops shared by models, written as plain functions over DSL primitives.
 
 use super::{DType, OpError, Tensor};
+use crate::ir::ShapeError;
+use std::panic::Location;
+
+/// The size of `x`'s last dim, or an error naming `op` when `x` is a scalar.
+#[track_caller]
+fn last_dim(x: &Tensor, op: &'static str) -> Result<i64, OpError> {
+    if x.rank() == 0 {
+        return Err(OpError::new(
+            op,
+            vec![crate::ir::Type::Array(x.ty().clone())],
+            x.builder().scope_path(),
+            Location::caller(),
+            ShapeError::WrongRank {
+                what: "input (needs a last dim)",
+                expected: 1,
+                got: 0,
+            },
+        ));
+    }
+    Ok(x.dim(-1))
+}
 
 /// RMSNorm as Hugging Face computes it: accumulate in f32, normalise, cast back to the input
 /// dtype, *then* multiply by the weight (the cast comes before the weight, as in
 /// `Phi3RMSNorm`/`LlamaRMSNorm`).
 #[track_caller]
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor, OpError> {
+    let n = last_dim(x, "rms_norm")? as f64;
     let xf = x.convert(DType::F32)?;
     let last = x.rank() as i64 - 1;
-    let n = x.dim(-1) as f64;
     let mean_sq = xf.mul(&xf)?.sum(&[last])?.mul_scalar(1.0 / n)?;
     let mut keep = x.dims().to_vec();
     keep[last as usize] = 1;
@@ -20,9 +41,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor, OpError
 /// LayerNorm over the last dim with f32 statistics (Phi-1/Phi-2 style models use it).
 #[track_caller]
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor, OpError> {
+    let n = last_dim(x, "layer_norm")? as f64;
     let xf = x.convert(DType::F32)?;
     let last = x.rank() as i64 - 1;
-    let n = x.dim(-1) as f64;
     let mut keep = x.dims().to_vec();
     keep[last as usize] = 1;
     let mean = xf.sum(&[last])?.mul_scalar(1.0 / n)?.reshape(&keep)?;
@@ -42,6 +63,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// Softmax over the last dim, computed in f32 and returned in f32.
 #[track_caller]
 pub fn softmax_f32(x: &Tensor) -> Result<Tensor, OpError> {
+    last_dim(x, "softmax")?;
     let xf = x.convert(DType::F32)?;
     let last = x.rank() as i64 - 1;
     let mut keep = x.dims().to_vec();
@@ -53,16 +75,19 @@ pub fn softmax_f32(x: &Tensor) -> Result<Tensor, OpError> {
 }
 
 /// `x * sigmoid(x)`, written as `x / (1 + exp(-x))`: `logistic` is outside the op set Neuron
-/// documents, while exp, add and divide are inside it.
+/// documents, while exp, add and divide are inside it. Computed in f32 and rounded once, as
+/// PyTorch's low-precision `silu` kernels do.
 #[track_caller]
 pub fn silu(x: &Tensor) -> Result<Tensor, OpError> {
-    x.div(&x.neg()?.exp()?.add_scalar(1.0)?)
+    let xf = x.convert(DType::F32)?;
+    xf.div(&xf.neg()?.exp()?.add_scalar(1.0)?)?
+        .convert(x.dtype())
 }
 
 /// NeoX `rotate_half` on the last dim: `cat(-x[d/2:], x[:d/2])`.
 #[track_caller]
 pub fn rotate_half(x: &Tensor) -> Result<Tensor, OpError> {
-    let d = x.dim(-1);
+    let d = last_dim(x, "rotate_half")?;
     let lo = x.slice_dim(-1, 0, d / 2)?;
     let hi = x.slice_dim(-1, d / 2, d)?;
     Tensor::concat(&[&hi.neg()?, &lo], x.rank() as i64 - 1)
@@ -72,8 +97,8 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor, OpError> {
 /// passes the rest through (partial rotary). `cos`/`sin` broadcast against `x`.
 #[track_caller]
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, OpError> {
-    let rot = cos.dim(-1);
-    let hd = x.dim(-1);
+    let rot = last_dim(cos, "apply_rotary")?;
+    let hd = last_dim(x, "apply_rotary")?;
     let x_rot = if rot == hd {
         x.clone()
     } else {

@@ -53,7 +53,8 @@ impl Tensor {
         &self.builder
     }
 
-    /// Size of dim `d`; negative `d` counts from the end (`-1` is the last dim).
+    /// Size of dim `d`; negative `d` counts from the end (`-1` is the last dim). Panics when
+    /// `d` is out of range (a programming error; ops report bad dims as `OpError`s).
     pub fn dim(&self, d: i64) -> i64 {
         self.ty.dims[self.axis(d)]
     }
@@ -333,9 +334,13 @@ impl Tensor {
     }
 
     /// `[start, limit)` along one dim (negative dims count from the end), everything else whole.
+    /// The whole dim is the tensor itself: no op is recorded.
     #[track_caller]
     pub fn slice_dim(&self, dim: i64, start: i64, limit: i64) -> R {
         let d = self.axis(dim);
+        if d < self.rank() && start == 0 && limit == self.dims()[d] {
+            return Ok(self.clone());
+        }
         let mut starts = vec![0; self.rank()];
         let mut limits = self.dims().to_vec();
         if d >= self.rank() {

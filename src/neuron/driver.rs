@@ -181,16 +181,36 @@ fn is_executable(p: &Path) -> bool {
     p.is_file()
 }
 
+/// Runs `run` again while it fails with ETXTBSY ("text file busy"): exec of a file that some
+/// other thread of this process still holds open for writing (a compiler just installed or a
+/// wrapper script just written, whose descriptor a concurrent fork inherited) fails briefly.
+fn retry_text_file_busy<T>(mut run: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    const ETXTBSY: i32 = 26;
+    let mut delay = std::time::Duration::from_millis(5);
+    for _ in 0..8 {
+        match run() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    run()
+}
+
 /// `<compiler> --version`, trimmed stdout (stderr if stdout is empty).
 pub fn compiler_version(compiler: &Path) -> Result<String, DriverError> {
-    let out = Command::new(compiler)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| DriverError::Version {
-            compiler: compiler.to_path_buf(),
-            detail: format!("could not run it: {e}"),
-        })?;
+    let out = retry_text_file_busy(|| {
+        Command::new(compiler)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+    })
+    .map_err(|e| DriverError::Version {
+        compiler: compiler.to_path_buf(),
+        detail: format!("could not run it: {e}"),
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -255,19 +275,39 @@ pub fn shell_command(program: &Path, args: &[OsString]) -> String {
 /// The cache key for these proto bytes, flags and compiler version (lowercase hex sha256).
 pub fn cache_key(proto: &[u8], flags: &[String], compiler_version: &str) -> String {
     let mut h = Sha256::new();
-    h.update(proto);
+    h.update(without_source_locations(proto));
     finish_key(h, flags, compiler_version)
 }
 
-/// [`cache_key`] of a proto file, read in a stream.
+/// The proto bytes that decide what neuronx-cc produces. Each instruction's metadata names the
+/// Rust file and line that recorded it; keeping those in the key would invalidate every cached
+/// NEFF (tens of minutes each) whenever model code moves by a line. Bytes that are not an
+/// `HloModuleProto` are keyed as they are.
+fn without_source_locations(proto: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use prost::Message;
+    let Ok(mut module) = xla_proto::HloModuleProto::decode(proto) else {
+        return std::borrow::Cow::Borrowed(proto);
+    };
+    for instr in module
+        .computations
+        .iter_mut()
+        .flat_map(|c| c.instructions.iter_mut())
+    {
+        if let Some(m) = &mut instr.metadata {
+            m.source_file.clear();
+            m.source_line = 0;
+        }
+    }
+    std::borrow::Cow::Owned(module.encode_to_vec())
+}
+
+/// [`cache_key`] of a proto file.
 pub fn cache_key_for_file(
     hlo_pb: &Path,
     flags: &[String],
     compiler_version: &str,
 ) -> io::Result<String> {
-    let mut h = Sha256::new();
-    io::copy(&mut fs::File::open(hlo_pb)?, &mut h)?;
-    Ok(finish_key(h, flags, compiler_version))
+    Ok(cache_key(&fs::read(hlo_pb)?, flags, compiler_version))
 }
 
 fn finish_key(mut h: Sha256, flags: &[String], compiler_version: &str) -> String {
@@ -472,18 +512,20 @@ impl Driver<'_> {
             .try_clone()
             .map_err(io_err(format!("opening {}", log.display())))?;
 
-        let status = Command::new(self.compiler)
-            .args(&args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(out_handle)
-            .stderr(err_handle)
-            .status()
-            .map_err(io_err(format!(
-                "graph `{}`: running {}",
-                job.name,
-                self.compiler.display()
-            )))?;
+        let status = retry_text_file_busy(|| {
+            Command::new(self.compiler)
+                .args(&args)
+                .current_dir(cwd)
+                .stdin(Stdio::null())
+                .stdout(out_handle.try_clone()?)
+                .stderr(err_handle.try_clone()?)
+                .status()
+        })
+        .map_err(io_err(format!(
+            "graph `{}`: running {}",
+            job.name,
+            self.compiler.display()
+        )))?;
 
         let ok = status.success() && staged_neff.is_file();
         if !ok {

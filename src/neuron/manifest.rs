@@ -123,6 +123,9 @@ pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
         "max_seq_len": s.max_seq_len,
         "dtype": s.dtype.name(),
         "options": {
+            "fused_qkv": s.options.fused_qkv,
+            "fused_gate_up": s.options.fused_gate_up,
+            "linear": format!("{:?}", s.options.linear),
             "decode_cache_write": format!("{:?}", s.options.decode_cache_write),
             "on_device_greedy": s.options.on_device_greedy,
             "gather_logits": s.options.gather_logits,
@@ -156,15 +159,28 @@ pub fn graph_entry(a: &GraphArtifact<'_>, plan: &ShardPlan) -> Value {
 }
 
 /// The whole manifest, with an optimum-neuron `neuron_config.json`-style block.
+/// What every graph of a set shares, for the manifest's header.
+pub struct SetInfo<'a> {
+    pub batch: i64,
+    pub max_seq_len: i64,
+    pub dtype: &'a str,
+    pub target: &'a str,
+    pub options: &'a crate::models::phi3::graph::GraphOptions,
+}
+
 pub fn manifest(
     cfg: &Phi3Config,
     plan: &ShardPlan,
-    batch: i64,
-    max_seq_len: i64,
-    dtype: &str,
-    target: &str,
+    set: &SetInfo<'_>,
     graphs: Vec<Value>,
 ) -> Value {
+    let SetInfo {
+        batch,
+        max_seq_len,
+        dtype,
+        target,
+        options,
+    } = *set;
     json!({
         "format": "phi3-neuron-manifest/1",
         "model": cfg.name,
@@ -178,15 +194,20 @@ pub fn manifest(
             "max_context_length": max_seq_len,
             "tp_degree": plan.tp,
             "torch_dtype": if dtype == "bf16" { "bfloat16" } else { "float32" },
-            "fused_qkv": true,
+            "fused_qkv": options.fused_qkv,
             "glu_mlp": true,
-            "on_device_sampling": false,
+            "on_device_sampling": options.on_device_greedy,
             "continuous_batching": false,
             "target": target,
             "pp_degree": 1,
             "ep_degree": 1,
             "start_rank_id": 0,
             "local_ranks_size": plan.tp,
+        },
+        "input_conventions": {
+            "prefill": "the prompt fills positions 0..L-1 of the bucket; padding follows it, with position_ids <= L-1 (e.g. 0); logits are read at the first index holding the largest position id, and LongRoPE uses its long factors iff max(position_ids) + 1 > original_max_position_embeddings",
+            "decode": "sequence b writes its new K/V row at position_ids[b] and attends to cache positions <= position_ids[b] (within the sliding window, if any)",
+            "kv_cache": "zero-initialised; pass it donated and feed each graph's cache outputs to the next call",
         },
         "sharding": {
             "strategy": format!("{:?}", plan.strategy),

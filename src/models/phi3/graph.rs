@@ -21,7 +21,7 @@ use crate::dsl::{
 use crate::ir::VerifyErrors;
 pub use crate::parallel::LinearForm;
 use crate::parallel::{
-    column_parallel_linear, linear_as, parallel_embedding, row_parallel_linear, TensorParallel,
+    column_parallel_linear, parallel_embedding, row_parallel_linear, TensorParallel,
 };
 use std::fmt;
 
@@ -240,6 +240,12 @@ enum GateUpWeights {
     Split { gate: Tensor, up: Tensor },
 }
 
+/// The lm_head's output: the full vocab on every rank, or each rank's padded vocab shard.
+enum Logits {
+    Gathered(Tensor),
+    Sharded(Tensor),
+}
+
 struct LayerWeights {
     input_norm: Tensor,
     qkv: QkvWeights,
@@ -295,13 +301,16 @@ impl Recorder<'_> {
         match self.spec.options.rms_norm {
             NormImpl::Primitives => rms_norm(x, w, self.cfg.rms_norm_eps),
             NormImpl::NeuronCustomCall => {
+                // The call as torch-neuronx's `RmsNorm` op emits it and NxDI's CustomRMSNorm
+                // uses it: operands (x, weight, eps as an f32 scalar constant), result of x's
+                // type, the normalised dim as decimal text in backend_config; NxDI feeds it f32
+                // and casts the result back. UNVERIFIED here: no neuronx-cc to compile it.
                 let eps = self.b.scalar(DType::F32, self.cfg.rms_norm_eps)?;
-                self.b.custom_call(
-                    "AwsNeuronRmsNorm",
-                    &[x, w, &eps],
-                    x.ty().clone(),
-                    Vec::new(),
-                )
+                let xf = x.convert(DType::F32)?;
+                let dim = (x.rank() - 1).to_string().into_bytes();
+                self.b
+                    .custom_call("AwsNeuronRmsNorm", &[&xf, w, &eps], xf.ty().clone(), dim)?
+                    .convert(x.dtype())
             }
         }
     }
@@ -491,16 +500,13 @@ impl Recorder<'_> {
         )
     }
 
-    fn greedy(
-        &self,
-        local_logits: &Tensor,
-        gathered: Option<&Tensor>,
-        rank: Option<&Tensor>,
-    ) -> Result<Tensor, OpError> {
+    /// Greedy next token from the full-vocab logits, or from this rank's vocab shard.
+    fn greedy(&self, logits: &Logits, rank: Option<&Tensor>) -> Result<Tensor, OpError> {
         let _s = self.b.scope("sampler");
-        if let Some(full) = gathered {
-            return full.argmax(-1, DType::S32);
-        }
+        let local_logits = match logits {
+            Logits::Gathered(full) => return full.argmax(-1, DType::S32),
+            Logits::Sharded(local) => local,
+        };
         // Vocab-sharded: each rank masks its padding, takes its best (value, index), and an
         // all-gather of the candidates lets every rank pick the same global winner.
         let (bsz, vr, t) = (self.spec.batch, self.plan.vocab_per_rank, self.plan.tp);
@@ -629,15 +635,7 @@ pub fn record(
     } else {
         "lm_head.weight"
     };
-    let lm_head = {
-        let t = b.parameter("lm_head.weight", spec.dtype, &[plan.vocab_per_rank, h])?;
-        r.inputs.push(IoInfo {
-            name: "lm_head.weight".into(),
-            ty: t.ty().clone(),
-            role: InputRole::Weight { key: lm_key.into() },
-        });
-        t
-    };
+    let lm_head = r.weight_from("lm_head.weight", lm_key, &[plan.vocab_per_rank, h])?;
     let sharded_greedy = spec.options.on_device_greedy && !spec.options.gather_logits;
     let rank = if sharded_greedy {
         Some(r.input("rank", DType::S32, &[], InputRole::Rank)?)
@@ -750,26 +748,25 @@ pub fn record(
         let _n = b.scope("norm");
         r.norm(&last, &final_norm)?
     };
-    let (local_logits, gathered) = {
+    // lm_head is a ColumnParallelLinear: gathered (NxD without on-device sampling) and cut
+    // back to the real vocab, or left as each rank's padded vocab shard.
+    let logits = {
         let _s = b.scope("lm_head");
-        let local = linear_as(&normed, &lm_head, r.tp.linear)?.convert(DType::F32)?;
-        if spec.options.gather_logits {
-            let full = if r.tp.is_parallel() {
-                local.all_gather(1, &r.tp.groups())?
-            } else {
-                local.clone()
-            };
-            let full = full.slice_dim(1, 0, plan.vocab)?;
-            (local, Some(full))
+        let gather = spec.options.gather_logits;
+        let y = column_parallel_linear(&normed, &lm_head, gather, &r.tp)?.convert(DType::F32)?;
+        if gather {
+            Logits::Gathered(y.slice_dim(1, 0, plan.vocab)?)
         } else {
-            (local, None)
+            Logits::Sharded(y)
         }
     };
     let mut outputs: Vec<(Tensor, OutputRole, String)> = Vec::new();
-    let logits_out = gathered.clone().unwrap_or_else(|| local_logits.clone());
+    let logits_out = match &logits {
+        Logits::Gathered(t) | Logits::Sharded(t) => t.clone(),
+    };
     outputs.push((logits_out, OutputRole::Logits, "logits".into()));
     if spec.options.on_device_greedy {
-        let next = r.greedy(&local_logits, gathered.as_ref(), rank.as_ref())?;
+        let next = r.greedy(&logits, rank.as_ref())?;
         outputs.push((next, OutputRole::NextToken, "next_token".into()));
     }
     for (i, c) in new_caches.into_iter().enumerate() {
