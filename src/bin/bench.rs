@@ -633,7 +633,7 @@ fn exec_bench(a: &ExecArgs) -> Result<Value, String> {
         let mut bufs = Vec::new();
         let (mut total, mut embed) = (0u64, 0u64);
         for input in &compiled[0].graph.inputs {
-            let InputRole::Weight { key } = &input.role else {
+            let InputRole::Weight { key, .. } = &input.role else {
                 continue;
             };
             let count = input.ty.dims.iter().product::<i64>() as usize;

@@ -3,6 +3,7 @@
 //! degree and replica groups, the compiler flags and the hash of the proto bytes.
 
 use crate::models::phi3::graph::{InputRole, OutputRole, RecordedGraph};
+use crate::models::phi3::plan::{FusedPart, ShardRule};
 use crate::models::phi3::{Phi3Config, ShardPlan};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -26,9 +27,9 @@ fn input_json(name: &str, ty: &crate::ir::ArrayType, role: &InputRole, plan: &Sh
             "kv_cache",
             json!({ "layer": layer, "tensor": if *value { "value" } else { "key" } }),
         ),
-        InputRole::Weight { key } => (
+        InputRole::Weight { key, shard } => (
             "weight",
-            json!({ "checkpoint_key": key, "shard": shard_rule(name, plan) }),
+            json!({ "checkpoint_key": key, "shard": shard_json(shard, plan) }),
         ),
     };
     let mut v =
@@ -40,44 +41,24 @@ fn input_json(name: &str, ty: &crate::ir::ArrayType, role: &InputRole, plan: &Sh
 }
 
 /// How the rank's slice of a weight is cut from the checkpoint tensor.
-fn shard_rule(name: &str, plan: &ShardPlan) -> Value {
-    let t = plan.tp;
-    if name.ends_with("layernorm.weight") || name == "model.norm.weight" {
-        json!({ "kind": "replicated" })
-    } else if name == "model.embed_tokens.weight" {
-        json!({ "kind": "split", "dim": 1, "parts": t })
-    } else if name == "lm_head.weight" {
-        json!({ "kind": "split", "dim": 0, "parts": t, "pad_to": plan.vocab_padded })
-    } else if name.ends_with("qkv_proj.weight") {
-        json!({
-            "kind": "qkv_heads", "dim": 0, "strategy": format!("{:?}", plan.strategy),
+fn shard_json(rule: &ShardRule, plan: &ShardPlan) -> Value {
+    let part = |p: &Option<FusedPart>| p.map(|p| format!("{p:?}").to_lowercase());
+    match rule {
+        ShardRule::Replicated => json!({ "kind": "replicated" }),
+        ShardRule::Split { dim, pad_to } => {
+            json!({ "kind": "split", "dim": dim, "parts": plan.tp, "pad_to": pad_to })
+        }
+        ShardRule::QkvHeads { part: p } => json!({
+            "kind": "qkv_heads", "part": part(p), "dim": 0, "strategy": format!("{:?}", plan.strategy),
             "q_heads_per_rank": plan.q_heads_per_rank, "kv_heads_per_rank": plan.kv_heads_per_rank,
             "q_head_source": plan.q_head_source, "kv_head_source": plan.kv_head_source,
-        })
-    } else if let Some(part) = ["q_proj", "k_proj", "v_proj"]
-        .iter()
-        .find(|p| name.ends_with(&format!("{p}.weight")))
-    {
-        // An unfused slice of the fused checkpoint tensor: the matching row block of the
-        // rank's [Q_r; K_r; V_r] shard.
-        json!({
-            "kind": "qkv_heads", "part": part, "dim": 0, "strategy": format!("{:?}", plan.strategy),
-            "q_heads_per_rank": plan.q_heads_per_rank, "kv_heads_per_rank": plan.kv_heads_per_rank,
-            "q_head_source": plan.q_head_source, "kv_head_source": plan.kv_head_source,
-        })
-    } else if name.ends_with("o_proj.weight") {
-        json!({ "kind": "q_heads", "dim": 1, "q_head_source": plan.q_head_source })
-    } else if name.ends_with("gate_up_proj.weight") {
-        json!({ "kind": "gate_up", "dim": 0, "parts": t, "pad_to": plan.intermediate_padded })
-    } else if let Some(part) = ["gate_proj", "up_proj"]
-        .iter()
-        .find(|p| name.ends_with(&format!("{p}.weight")))
-    {
-        json!({ "kind": "gate_up", "part": part, "dim": 0, "parts": t, "pad_to": plan.intermediate_padded })
-    } else if name.ends_with("down_proj.weight") {
-        json!({ "kind": "split", "dim": 1, "parts": t, "pad_to": plan.intermediate_padded })
-    } else {
-        json!({ "kind": "unknown" })
+        }),
+        ShardRule::QueryHeadColumns => {
+            json!({ "kind": "q_heads", "dim": 1, "q_head_source": plan.q_head_source })
+        }
+        ShardRule::GateUp { part: p, pad_to } => json!({
+            "kind": "gate_up", "part": part(p), "dim": 0, "parts": plan.tp, "pad_to": pad_to,
+        }),
     }
 }
 

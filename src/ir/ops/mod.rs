@@ -1,7 +1,15 @@
 //! The primitive op set. Each family file holds, per op, the attribute data (plain
 //! `Clone + Eq + Hash` structs), the shape rule (`infer`) and the lowering (`lower`), so an
 //! op is defined in exactly one place. The HLO text form follows from the proto fields the
-//! lowering fills in (see `hlo::text`).
+//! lowering fills in: `hlo::text` prints any proto by field, which is what lets
+//! `tests/printer_vs_xla.rs` compare it with XLA's own printer.
+//!
+//! Two ops lower to more than one instruction, deliberately:
+//! - `Reduce` emits its init value as a constant: the identity of its reduction kind is part
+//!   of the op, and a constant init is what Neuron requires, so it is not an IR operand.
+//! - `Argmax` emits an iota, two constant inits, a variadic reduce with a comparator and a
+//!   get-tuple-element. It stays one IR op so its shape rule is checked when it is recorded
+//!   and the IR shows "argmax" (a Neuron lint finding) rather than its expansion.
 
 mod collective;
 mod dot;

@@ -13,7 +13,7 @@
 //! when greedy sampling is on, then the updated caches, each aliased to its input.
 
 use super::config::{Phi3Config, RopeScaling};
-use super::plan::ShardPlan;
+use super::plan::{FusedPart, ShardPlan, ShardRule};
 use crate::dsl::nn::{apply_rotary, rms_norm, silu, softmax_f32};
 use crate::dsl::{
     ArrayType, DType, DotDims, Graph, GraphBuilder, OpError, ScatterCombiner, ScatterDims, Tensor,
@@ -154,9 +154,10 @@ impl GraphSpec {
 pub enum InputRole {
     InputIds,
     PositionIds,
-    /// A weight shard; `key` is the Hugging Face checkpoint tensor it comes from.
+    /// A weight shard; `key` is the Hugging Face checkpoint tensor it is cut from, `shard` how.
     Weight {
         key: String,
+        shard: ShardRule,
     },
     Rank,
     KvCache {
@@ -283,16 +284,23 @@ impl Recorder<'_> {
     }
 
     #[track_caller]
-    fn weight(&mut self, key: &str, dims: &[i64]) -> Result<Tensor, OpError> {
-        self.weight_from(key, key, dims)
+    fn weight(&mut self, key: &str, dims: &[i64], shard: ShardRule) -> Result<Tensor, OpError> {
+        self.weight_from(key, key, dims, shard)
     }
 
     /// A weight parameter `name` cut from checkpoint tensor `key` (they differ for the
-    /// unfused Q/K/V and gate/up weights).
+    /// unfused Q/K/V and gate/up weights and a tied lm_head).
     #[track_caller]
-    fn weight_from(&mut self, name: &str, key: &str, dims: &[i64]) -> Result<Tensor, OpError> {
+    fn weight_from(
+        &mut self,
+        name: &str,
+        key: &str,
+        dims: &[i64],
+        shard: ShardRule,
+    ) -> Result<Tensor, OpError> {
         let role = InputRole::Weight {
             key: key.to_string(),
+            shard,
         };
         self.input(name, self.spec.dtype, dims, role)
     }
@@ -577,49 +585,60 @@ pub fn record(
         &[bsz, s],
         InputRole::PositionIds,
     )?;
+    use ShardRule::*;
     let embed = r.weight(
         "model.embed_tokens.weight",
         &[plan.vocab, plan.hidden_per_rank],
+        Split { dim: 1, pad_to: h },
     )?;
     let mut weights = Vec::with_capacity(layers);
     for l in 0..layers {
         let p = format!("model.layers.{l}");
-        let input_norm = r.weight(&format!("{p}.input_layernorm.weight"), &[h])?;
+        let input_norm = r.weight(&format!("{p}.input_layernorm.weight"), &[h], Replicated)?;
         let qkv_key = format!("{p}.self_attn.qkv_proj.weight");
         let qkv = if spec.options.fused_qkv {
-            QkvWeights::Fused(r.weight(&qkv_key, &[plan.qkv_rows_per_rank(), h])?)
+            let dims = [plan.qkv_rows_per_rank(), h];
+            QkvWeights::Fused(r.weight(&qkv_key, &dims, QkvHeads { part: None })?)
         } else {
+            let mut part = |name: &str, heads: i64, part: FusedPart| {
+                let name = format!("{p}.self_attn.{name}.weight");
+                let rule = QkvHeads { part: Some(part) };
+                r.weight_from(&name, &qkv_key, &[heads * hd, h], rule)
+            };
             QkvWeights::Split {
-                q: r.weight_from(
-                    &format!("{p}.self_attn.q_proj.weight"),
-                    &qkv_key,
-                    &[q_r * hd, h],
-                )?,
-                k: r.weight_from(
-                    &format!("{p}.self_attn.k_proj.weight"),
-                    &qkv_key,
-                    &[kv_r * hd, h],
-                )?,
-                v: r.weight_from(
-                    &format!("{p}.self_attn.v_proj.weight"),
-                    &qkv_key,
-                    &[kv_r * hd, h],
-                )?,
+                q: part("q_proj", q_r, FusedPart::Q)?,
+                k: part("k_proj", kv_r, FusedPart::K)?,
+                v: part("v_proj", kv_r, FusedPart::V)?,
             }
         };
-        let o = r.weight(&format!("{p}.self_attn.o_proj.weight"), &[h, q_r * hd])?;
-        let post_norm = r.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+        let o_name = format!("{p}.self_attn.o_proj.weight");
+        let o = r.weight(&o_name, &[h, q_r * hd], QueryHeadColumns)?;
+        let post_norm = r.weight(
+            &format!("{p}.post_attention_layernorm.weight"),
+            &[h],
+            Replicated,
+        )?;
         let ir = plan.intermediate_per_rank;
+        let pad_to = plan.intermediate_padded;
         let gu_key = format!("{p}.mlp.gate_up_proj.weight");
         let gate_up = if spec.options.fused_gate_up {
-            GateUpWeights::Fused(r.weight(&gu_key, &[2 * ir, h])?)
+            GateUpWeights::Fused(r.weight(&gu_key, &[2 * ir, h], GateUp { part: None, pad_to })?)
         } else {
+            let mut part = |name: &str, part: FusedPart| {
+                let name = format!("{p}.mlp.{name}.weight");
+                let rule = GateUp {
+                    part: Some(part),
+                    pad_to,
+                };
+                r.weight_from(&name, &gu_key, &[ir, h], rule)
+            };
             GateUpWeights::Split {
-                gate: r.weight_from(&format!("{p}.mlp.gate_proj.weight"), &gu_key, &[ir, h])?,
-                up: r.weight_from(&format!("{p}.mlp.up_proj.weight"), &gu_key, &[ir, h])?,
+                gate: part("gate_proj", FusedPart::Gate)?,
+                up: part("up_proj", FusedPart::Up)?,
             }
         };
-        let down = r.weight(&format!("{p}.mlp.down_proj.weight"), &[h, ir])?;
+        let down_name = format!("{p}.mlp.down_proj.weight");
+        let down = r.weight(&down_name, &[h, ir], Split { dim: 1, pad_to })?;
         weights.push(LayerWeights {
             input_norm,
             qkv,
@@ -629,13 +648,21 @@ pub fn record(
             down,
         });
     }
-    let final_norm = r.weight("model.norm.weight", &[h])?;
+    let final_norm = r.weight("model.norm.weight", &[h], Replicated)?;
     let lm_key = if cfg.tie_word_embeddings {
         "model.embed_tokens.weight"
     } else {
         "lm_head.weight"
     };
-    let lm_head = r.weight_from("lm_head.weight", lm_key, &[plan.vocab_per_rank, h])?;
+    let lm_head = r.weight_from(
+        "lm_head.weight",
+        lm_key,
+        &[plan.vocab_per_rank, h],
+        Split {
+            dim: 0,
+            pad_to: plan.vocab_padded,
+        },
+    )?;
     let sharded_greedy = spec.options.on_device_greedy && !spec.options.gather_logits;
     let rank = if sharded_greedy {
         Some(r.input("rank", DType::S32, &[], InputRole::Rank)?)

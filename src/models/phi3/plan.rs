@@ -183,6 +183,38 @@ impl ShardPlan {
     }
 }
 
+/// Which part of a fused checkpoint tensor an unfused weight is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FusedPart {
+    Q,
+    K,
+    V,
+    Gate,
+    Up,
+}
+
+/// How a rank's weight shard is cut from its checkpoint tensor. The recorder attaches one to
+/// every weight input, so the manifest (and anyone reading it) need not guess from names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardRule {
+    /// Every rank holds the whole tensor (norm weights).
+    Replicated,
+    /// Zero-pad `dim` to `pad_to`, then rank `r` takes contiguous chunk `r` of `tp`.
+    Split { dim: usize, pad_to: i64 },
+    /// Rows of the fused Q|K|V tensor: the rank's padded query heads, then its KV heads, each
+    /// head taken from its source head in the plan (zeros for padding); `part` narrows the
+    /// cut to one of Q, K, V for unfused graphs.
+    QkvHeads { part: Option<FusedPart> },
+    /// Columns of `o_proj` for the rank's padded query heads.
+    QueryHeadColumns,
+    /// Rows `[gate_r; up_r]` of the fused gate|up tensor, each half padded to `pad_to` and split
+    /// in `tp`; `part` narrows the cut to gate or up for unfused graphs.
+    GateUp {
+        part: Option<FusedPart>,
+        pad_to: i64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,7 +226,7 @@ impl RankWeights {
     pub fn for_graph_inputs(&self, inputs: &[IoInfo<InputRole>]) -> Result<Vec<&WeightTensor>> {
         let mut out = Vec::new();
         for input in inputs {
-            let InputRole::Weight { key } = &input.role else {
+            let InputRole::Weight { key, .. } = &input.role else {
                 continue;
             };
             let bad = |reason: String| WeightsError::GraphMismatch {
@@ -1200,7 +1200,7 @@ mod tests {
                             plan.tp, input.name
                         );
                         assert_eq!(shard.bytes.len() as i64, input.ty.byte_size());
-                        let InputRole::Weight { key } = &input.role else {
+                        let InputRole::Weight { key, .. } = &input.role else {
                             unreachable!()
                         };
                         assert_eq!(&shard.key, key);
