@@ -11,7 +11,7 @@ use super::graph::{
     record, BuildError, GraphOptions, GraphSpec, InputRole, OutputRole, RecordedGraph,
 };
 use super::plan::ShardPlan;
-use super::weights::{shard_for_rank, Checkpoint, RankWeights, WeightsError};
+use super::weights::{shard_all_ranks, Checkpoint, RankWeights, WeightsError};
 use crate::dsl::DType;
 use crate::hlo::{lower, LowerOptions};
 use pjrt_runtime::{
@@ -114,9 +114,7 @@ impl Runner {
             .map_err(|e| RunError::Input(e.to_string()))?;
         let plan = ShardPlan::new(&cfg, tp).map_err(|e| RunError::Input(e.to_string()))?;
         let ckpt = Checkpoint::open(model_dir)?;
-        let shards = (0..tp)
-            .map(|r| shard_for_rank(&ckpt, &cfg, &plan, r, dtype))
-            .collect::<Result<Vec<_>, _>>()?;
+        let shards = shard_all_ranks(&ckpt, &cfg, &plan, dtype)?;
         Runner::new(plugin, &cfg, tp, dtype, max_seq_len, &shards, options)
     }
 

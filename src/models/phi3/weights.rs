@@ -39,7 +39,6 @@ use super::config::Phi3Config;
 use super::graph::{InputRole, IoInfo};
 use super::plan::ShardPlan;
 use crate::dsl::DType;
-use crate::neuron::artifacts::write_atomic;
 
 /// The single-file checkpoint name.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -899,21 +898,39 @@ fn take_cols(data: &[u8], rows: usize, cols: usize, elem: usize, runs: &[Run]) -
     Some(out)
 }
 
-/// The weight shards of `rank`, in the graph's parameter order, converted to `dtype` (f32 or
-/// bf16). Validates the checkpoint against `cfg` first.
-pub fn shard_for_rank(
-    ckpt: &Checkpoint,
+/// The per-rank dims of a parameter (the same on every rank).
+fn shard_dims(cfg: &Phi3Config, plan: &ShardPlan, param: Param) -> Vec<usize> {
+    let (h, v, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim);
+    let (hr, ir, vr) = (
+        plan.hidden_per_rank as usize,
+        plan.intermediate_per_rank as usize,
+        plan.vocab_per_rank as usize,
+    );
+    let (qr, kvr) = (
+        plan.q_heads_per_rank as usize,
+        plan.kv_heads_per_rank as usize,
+    );
+    match param {
+        Param::Norm => vec![h],
+        Param::Embed => vec![v, hr],
+        Param::Qkv => vec![(qr + 2 * kvr) * hd, h],
+        Param::O => vec![h, qr * hd],
+        Param::GateUp => vec![2 * ir, h],
+        Param::Down => vec![h, ir],
+        Param::LmHead => vec![vr, h],
+    }
+}
+
+/// Rank `rank`'s slice of a whole checkpoint tensor (`data`, stored as `from`): its dims and
+/// bytes, still in the stored dtype.
+fn cut(
     cfg: &Phi3Config,
     plan: &ShardPlan,
     rank: i64,
-    dtype: DType,
-) -> Result<RankWeights> {
-    check_target(dtype)?;
-    check_plan(cfg, plan)?;
-    if rank < 0 || rank >= plan.tp {
-        return Err(WeightsError::BadRank { rank, tp: plan.tp });
-    }
-    ckpt.validate(cfg)?;
+    (key, param): (&str, Param),
+    data: &[u8],
+    from: Dtype,
+) -> Result<(Vec<i64>, Vec<u8>)> {
     let r = rank as usize;
     let (h, i, v, hd) = (
         cfg.hidden_size,
@@ -931,57 +948,67 @@ pub fn shard_for_rank(
     );
     let q_src = &plan.q_head_source[r * qr..(r + 1) * qr];
     let kv_src = &plan.kv_head_source[r * kvr..(r + 1) * kvr];
+    let elem = if from == Dtype::F32 { 4 } else { 2 };
+    let bytes = match param {
+        Param::Norm => Some(data.to_vec()),
+        Param::Embed => {
+            let runs = [Run {
+                src: Some(r * hr),
+                len: hr,
+            }];
+            take_cols(data, v, h, elem, &runs)
+        }
+        Param::Qkv => {
+            let mut runs = heads(0, hd, q_src);
+            runs.extend(heads(nh * hd, hd, kv_src));
+            runs.extend(heads((nh + nkv) * hd, hd, kv_src));
+            take_rows(data, h * elem, &runs)
+        }
+        Param::O => take_cols(data, h, nh * hd, elem, &heads(0, hd, q_src)),
+        Param::GateUp => {
+            let mut runs = padded(0, r * ir, ir, i).to_vec();
+            runs.extend(padded(i, r * ir, ir, i));
+            take_rows(data, h * elem, &runs)
+        }
+        Param::Down => take_cols(data, h, i, elem, &padded(0, r * ir, ir, i)),
+        Param::LmHead => take_rows(data, h * elem, &padded(0, r * vr, vr, v)),
+    };
+    let bytes = bytes.ok_or_else(|| WeightsError::PlanMismatch {
+        model: cfg.name.clone(),
+        reason: format!("rank {rank}'s shard of `{key}` reads outside the tensor"),
+    })?;
+    let dims = shard_dims(cfg, plan, param)
+        .into_iter()
+        .map(|d| d as i64)
+        .collect();
+    Ok((dims, bytes))
+}
 
+/// The weight shards of `rank`, in the graph's parameter order, converted to `dtype` (f32 or
+/// bf16). Validates the checkpoint against `cfg` first.
+pub fn shard_for_rank(
+    ckpt: &Checkpoint,
+    cfg: &Phi3Config,
+    plan: &ShardPlan,
+    rank: i64,
+    dtype: DType,
+) -> Result<RankWeights> {
+    check_target(dtype)?;
+    check_plan(cfg, plan)?;
+    if rank < 0 || rank >= plan.tp {
+        return Err(WeightsError::BadRank { rank, tp: plan.tp });
+    }
+    ckpt.validate(cfg)?;
     let mut tensors = Vec::new();
     for (name, key, param) in params(cfg) {
         let (file, info) = ckpt.check(&key, &hf_shape(cfg, param))?;
         let (from, data) = ckpt.read_raw(file, &key, info)?;
-        let elem = if from == Dtype::F32 { 4 } else { 2 };
-        let (dims, bytes) = match param {
-            Param::Norm => (vec![h], Some(data)),
-            Param::Embed => {
-                let runs = [Run {
-                    src: Some(r * hr),
-                    len: hr,
-                }];
-                (vec![v, hr], take_cols(&data, v, h, elem, &runs))
-            }
-            Param::Qkv => {
-                let mut runs = heads(0, hd, q_src);
-                runs.extend(heads(nh * hd, hd, kv_src));
-                runs.extend(heads((nh + nkv) * hd, hd, kv_src));
-                (
-                    vec![(qr + 2 * kvr) * hd, h],
-                    take_rows(&data, h * elem, &runs),
-                )
-            }
-            Param::O => (
-                vec![h, qr * hd],
-                take_cols(&data, h, nh * hd, elem, &heads(0, hd, q_src)),
-            ),
-            Param::GateUp => {
-                let mut runs = padded(0, r * ir, ir, i).to_vec();
-                runs.extend(padded(i, r * ir, ir, i));
-                (vec![2 * ir, h], take_rows(&data, h * elem, &runs))
-            }
-            Param::Down => (
-                vec![h, ir],
-                take_cols(&data, h, i, elem, &padded(0, r * ir, ir, i)),
-            ),
-            Param::LmHead => (
-                vec![vr, h],
-                take_rows(&data, h * elem, &padded(0, r * vr, vr, v)),
-            ),
-        };
-        let bytes = bytes.ok_or_else(|| WeightsError::PlanMismatch {
-            model: cfg.name.clone(),
-            reason: format!("rank {rank}'s shard of `{key}` reads outside the tensor"),
-        })?;
+        let (dims, bytes) = cut(cfg, plan, rank, (&key, param), &data, from)?;
         tensors.push(WeightTensor {
             name,
             key,
             dtype,
-            dims: dims.into_iter().map(|d| d as i64).collect(),
+            dims,
             bytes: convert(&bytes, from, dtype),
         });
     }
@@ -993,14 +1020,52 @@ pub fn shard_for_rank(
     })
 }
 
+/// Every rank's shards, reading each checkpoint tensor once (rather than once per rank, as
+/// calling [`shard_for_rank`] for each rank would).
+pub fn shard_all_ranks(
+    ckpt: &Checkpoint,
+    cfg: &Phi3Config,
+    plan: &ShardPlan,
+    dtype: DType,
+) -> Result<Vec<RankWeights>> {
+    check_target(dtype)?;
+    check_plan(cfg, plan)?;
+    ckpt.validate(cfg)?;
+    let mut ranks: Vec<RankWeights> = (0..plan.tp)
+        .map(|rank| RankWeights {
+            rank,
+            tp: plan.tp,
+            dtype,
+            tensors: Vec::new(),
+        })
+        .collect();
+    for (name, key, param) in params(cfg) {
+        let (file, info) = ckpt.check(&key, &hf_shape(cfg, param))?;
+        let (from, data) = ckpt.read_raw(file, &key, info)?;
+        for w in &mut ranks {
+            let (dims, bytes) = cut(cfg, plan, w.rank, (&key, param), &data, from)?;
+            w.tensors.push(WeightTensor {
+                name: name.clone(),
+                key: key.clone(),
+                dtype,
+                dims,
+                bytes: convert(&bytes, from, dtype),
+            });
+        }
+    }
+    Ok(ranks)
+}
+
 /// The file name of rank `r`'s shards.
 pub fn rank_file_name(rank: i64) -> String {
     format!("tp{rank}.safetensors")
 }
 
-/// Writes `tp{r}.safetensors` for every rank into `out_dir` (each written to a temporary file
-/// and renamed into place). The same checkpoint, config, plan and dtype give identical bytes.
-/// Returns the paths written, in rank order.
+/// Writes `tp{r}.safetensors` for every rank into `out_dir`. Each checkpoint tensor is read
+/// once and cut for every rank, and the rank files are streamed (bounded memory, one pass over
+/// the checkpoint), each into a temporary file that is renamed into place when complete. The
+/// same checkpoint, config, plan and dtype give identical bytes. Returns the paths written, in
+/// rank order.
 pub fn write_rank_files(
     ckpt: &Checkpoint,
     cfg: &Phi3Config,
@@ -1008,27 +1073,74 @@ pub fn write_rank_files(
     dtype: DType,
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>> {
+    use crate::neuron::artifacts::{commit, temporary_path};
+    use std::io::{BufWriter, Write};
     check_target(dtype)?;
     check_plan(cfg, plan)?;
     ckpt.validate(cfg)?;
-    let mut written = Vec::with_capacity(plan.tp as usize);
-    for rank in 0..plan.tp {
-        let path = out_dir.join(rank_file_name(rank));
-        let shards = shard_for_rank(ckpt, cfg, plan, rank, dtype)?;
-        let bytes = shards
-            .to_safetensors()
-            .map_err(|reason| WeightsError::Serialize {
-                path: path.clone(),
-                reason,
-            })?;
-        drop(shards);
-        write_atomic(&path, &bytes).map_err(|error| WeightsError::Io {
-            path: path.clone(),
-            error,
-        })?;
-        written.push(path);
+    let params = params(cfg);
+    // Every rank file has the same names, shapes and offsets: one header serves all.
+    let st_dtype = if dtype == DType::BF16 { "BF16" } else { "F32" };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0usize;
+    for (name, _, param) in &params {
+        let dims = shard_dims(cfg, plan, *param);
+        let len = dims.iter().product::<usize>() * dtype.byte_size();
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": st_dtype, "shape": dims, "data_offsets": [offset, offset + len] }),
+        );
+        offset += len;
     }
-    Ok(written)
+    let mut header =
+        serde_json::to_vec(&serde_json::Value::Object(header)).expect("JSON values serialise");
+    // The format pads the header with spaces to an 8-byte boundary.
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+
+    let paths: Vec<PathBuf> = (0..plan.tp)
+        .map(|r| out_dir.join(rank_file_name(r)))
+        .collect();
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error: io::Error| WeightsError::Io { path, error }
+    };
+    let mut temps = Vec::with_capacity(paths.len());
+    let result = (|| -> Result<()> {
+        let mut writers = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let tmp = temporary_path(path).map_err(io_err(path))?;
+            temps.push(tmp.clone());
+            let mut w = BufWriter::new(File::create(&tmp).map_err(io_err(path))?);
+            w.write_all(&(header.len() as u64).to_le_bytes())
+                .map_err(io_err(path))?;
+            w.write_all(&header).map_err(io_err(path))?;
+            writers.push(w);
+        }
+        for (_, key, param) in &params {
+            let (file, info) = ckpt.check(key, &hf_shape(cfg, *param))?;
+            let (from, data) = ckpt.read_raw(file, key, info)?;
+            for (rank, w) in writers.iter_mut().enumerate() {
+                let (_, bytes) = cut(cfg, plan, rank as i64, (key, *param), &data, from)?;
+                w.write_all(&convert(&bytes, from, dtype))
+                    .map_err(io_err(&paths[rank]))?;
+            }
+        }
+        for (w, path) in writers.into_iter().zip(&paths) {
+            let f = w.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+            f.sync_all().map_err(io_err(path))?;
+        }
+        for (tmp, path) in temps.iter().zip(&paths) {
+            commit(tmp, path).map_err(io_err(path))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for tmp in &temps {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    result.map(|()| paths)
 }
 
 #[cfg(test)]
@@ -1173,6 +1285,20 @@ mod tests {
         m.chunks_exact(ncols)
             .flat_map(|row| row[a..b].to_vec())
             .collect()
+    }
+
+    #[test]
+    fn shard_all_ranks_equals_shard_for_rank() {
+        for name in ["gqa", "gqa_mha_convert", "tied"] {
+            let (cfg, ckpt) = load(name);
+            for plan in plans(&cfg) {
+                let all = shard_all_ranks(&ckpt, &cfg, &plan, DType::BF16).unwrap();
+                for (rank, w) in all.iter().enumerate() {
+                    let one = shard_for_rank(&ckpt, &cfg, &plan, rank as i64, DType::BF16).unwrap();
+                    assert_eq!(w, &one, "{name} tp{} rank {rank}", plan.tp);
+                }
+            }
+        }
     }
 
     #[test]
