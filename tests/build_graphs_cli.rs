@@ -19,6 +19,10 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
+fn read_manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
 fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
@@ -75,8 +79,7 @@ fn builds_a_graph_set_with_manifest_and_reruns_identically() {
         "no temp files left: {names:?}"
     );
 
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest = read_manifest(&dir);
     assert_eq!(manifest["tp_degree"], 2);
     assert_eq!(manifest["replica_groups"], serde_json::json!([[0, 1]]));
     let graphs = manifest["graphs"].as_array().unwrap();
@@ -218,8 +221,7 @@ fn compile_runs_neuronx_cc_and_caches_neffs() {
         "{argv}"
     );
     let dir = out.join("phi-3-mini-4k/tp2");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest = read_manifest(&dir);
     for g in manifest["graphs"].as_array().unwrap() {
         let c = &g["compile"];
         assert!(c["neff_bytes"].as_u64().unwrap() > 0, "{c}");
@@ -314,10 +316,7 @@ fn compile_failures_and_a_missing_compiler_are_reported() {
         err.contains("reproduce with:") && err.contains("2 of 2 graphs failed"),
         "{err}"
     );
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("phi-3-mini-4k/tp2/manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest = read_manifest(&out.join("phi-3-mini-4k/tp2"));
     assert!(manifest["graphs"][0]["compile"]["error"]
         .as_str()
         .unwrap()
@@ -371,10 +370,7 @@ fn options_are_deduplicated_checked_and_recorded() {
         o,
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let read = || -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(out.join("phi-3-mini-4k/tp2/manifest.json")).unwrap())
-            .unwrap()
-    };
+    let read = || read_manifest(&out.join("phi-3-mini-4k/tp2"));
     assert_eq!(read()["graphs"].as_array().unwrap().len(), 1);
     // Decode-only sets are not held to the (prefill) buckets.
     let r = run(&[

@@ -293,11 +293,7 @@ fn build_set(
             .map(|&b| GraphSpec::token_generation(1, b, DType::BF16)),
     );
     let jobs = jobs
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .unwrap_or_else(phi3_neuron::neuron::graphset::default_jobs)
         .clamp(1, specs.len().max(1));
     let set_start = Instant::now();
     let next = Mutex::new(0usize);

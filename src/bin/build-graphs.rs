@@ -10,7 +10,7 @@ use phi3_neuron::models::phi3::config::embedded_names;
 use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions, LinearForm, NormImpl};
 use phi3_neuron::models::phi3::{GraphKind, GraphSpec, Phi3Config, ShardPlan};
 use phi3_neuron::neuron::artifacts::{remove_stale_temporaries, write_atomic};
-use phi3_neuron::neuron::graphset::{build_graph, to_dot, BuiltGraph};
+use phi3_neuron::neuron::graphset::{build_graph, default_jobs, to_dot, BuiltGraph};
 use phi3_neuron::neuron::manifest::{graph_entry, manifest, GraphArtifact, SetInfo};
 use phi3_neuron::neuron::{default_compiler_flags, driver, Target};
 use std::path::PathBuf;
@@ -482,14 +482,9 @@ fn compile_graphs(
             .unwrap_or_else(|| PathBuf::from(".cache"));
         home.join("phi3-neuron").join("neff-cache")
     });
-    let parallel = args.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let parallel = args.jobs.unwrap_or_else(default_jobs);
     let version = driver::compiler_version(compiler).map_err(|e| e.to_string())?;
-    let results =
-        driver::compile_all(compiler, &jobs, parallel, &cache).map_err(|e| e.to_string())?;
+    let results = driver::compile_all_with_version(compiler, &version, &jobs, parallel, &cache);
     Ok((version, results))
 }
 
@@ -505,11 +500,7 @@ fn build_all(
     write: &WriteFiles<'_>,
 ) -> Result<Vec<(BuiltGraph, Vec<String>)>, String> {
     let jobs = jobs
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .unwrap_or_else(default_jobs)
         .clamp(1, specs.len().max(1));
     let progress = ProgressBar::new(specs.len() as u64);
     progress.set_style(

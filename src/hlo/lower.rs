@@ -42,8 +42,8 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
     let mut entry = m.begin("main");
     entry.reserve(g.node_count() + 16);
     let mut values = vec![-1i64; g.index_bound()];
-    let mut param_shapes = Vec::new();
-    let mut param_names = Vec::new();
+    // (number, shape, name) of each entry parameter, for the host program shape.
+    let mut params = Vec::new();
 
     for n in g.topo_order() {
         let node = g.node(n);
@@ -66,7 +66,7 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
             instr.metadata = metadata.clone();
         }
         if let Op::Parameter(param) = &node.op {
-            param_shapes.push((param.number, shape_proto(&node.ty), param.name.clone()));
+            params.push((param.number, shape_proto(&node.ty), param.name.clone()));
             if opts.neff_io_names {
                 let instr = entry
                     .instructions_from(start)
@@ -102,11 +102,11 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
     });
     let entry_id = entry.finish(root);
 
-    param_shapes.sort_by_key(|(number, _, _)| *number);
-    for (_, shape, name) in param_shapes.drain(..) {
-        param_names.push((shape, name));
-    }
-    let (parameters, parameter_names): (Vec<_>, Vec<_>) = param_names.into_iter().unzip();
+    params.sort_by_key(|(number, _, _)| *number);
+    let (parameters, parameter_names): (Vec<_>, Vec<_>) = params
+        .into_iter()
+        .map(|(_, shape, name)| (shape, name))
+        .unzip();
 
     let input_output_alias = (!g.aliases.is_empty()).then(|| HloInputOutputAliasProto {
         entries: g

@@ -335,11 +335,24 @@ pub fn compile_all(
     parallel: usize,
     cache_dir: &Path,
 ) -> Result<Vec<Result<CompileOutcome, DriverError>>, DriverError> {
+    let version = compiler_version(&absolute_program(compiler))?;
+    Ok(compile_all_with_version(
+        compiler, &version, jobs, parallel, cache_dir,
+    ))
+}
+
+/// [`compile_all`] for a caller that already asked the compiler for its `--version`.
+pub fn compile_all_with_version(
+    compiler: &Path,
+    version: &str,
+    jobs: &[CompileJob],
+    parallel: usize,
+    cache_dir: &Path,
+) -> Vec<Result<CompileOutcome, DriverError>> {
     let compiler = absolute_program(compiler);
-    let version = compiler_version(&compiler)?;
     let driver = Driver {
         compiler: &compiler,
-        version: &version,
+        version,
         cache_dir,
         key_locks: Mutex::new(HashMap::new()),
     };
@@ -365,10 +378,10 @@ pub fn compile_all(
     for (i, r) in rx {
         slots[i] = Some(r);
     }
-    Ok(slots
+    slots
         .into_iter()
         .map(|s| s.expect("every job index is sent exactly once"))
-        .collect())
+        .collect()
 }
 
 /// Compiles one job (see [`compile_all`]), given the compiler's `--version` output.

@@ -44,6 +44,13 @@ impl BuiltGraph {
     }
 }
 
+/// How many graphs to build (or compile) at once when the caller does not say: one per core.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// Lowers a graph that `record` verified when it finished it and that only CSE/DCE touched
 /// since (they keep it valid), so the verifier does not run twice (debug builds still run it).
 pub fn lower_recorded(graph: &Graph) -> Result<xla_proto::HloModuleProto, crate::ir::VerifyErrors> {

@@ -58,19 +58,11 @@ impl From<BuildError> for RunError {
     }
 }
 
+/// The runtime's element type of a DSL dtype, through the shared HLO `PrimitiveType` code
+/// (the runtime keeps the separate PJRT buffer-type table).
 pub fn element_type(d: DType) -> ElementType {
-    match d {
-        DType::Pred => ElementType::Pred,
-        DType::S8 => ElementType::S8,
-        DType::S32 => ElementType::S32,
-        DType::S64 => ElementType::S64,
-        DType::U8 => ElementType::U8,
-        DType::U32 => ElementType::U32,
-        DType::F16 => ElementType::F16,
-        DType::BF16 => ElementType::BF16,
-        DType::F32 => ElementType::F32,
-        DType::F64 => ElementType::F64,
-    }
+    ElementType::from_primitive_type(d.primitive_type())
+        .expect("the runtime supports every DSL dtype")
 }
 
 struct Compiled {

@@ -993,31 +993,11 @@ pub fn shard_for_rank(
     rank: i64,
     dtype: DType,
 ) -> Result<RankWeights> {
-    check_target(dtype)?;
-    check_plan(cfg, plan)?;
     if rank < 0 || rank >= plan.tp {
         return Err(WeightsError::BadRank { rank, tp: plan.tp });
     }
-    ckpt.validate(cfg)?;
-    let mut tensors = Vec::new();
-    for (name, key, param) in params(cfg) {
-        let (file, info) = ckpt.check(&key, &hf_shape(cfg, param))?;
-        let (from, data) = ckpt.read_raw(file, &key, info)?;
-        let (dims, bytes) = cut(cfg, plan, rank, (&key, param), &data, from)?;
-        tensors.push(WeightTensor {
-            name,
-            key,
-            dtype,
-            dims,
-            bytes: convert(&bytes, from, dtype),
-        });
-    }
-    Ok(RankWeights {
-        rank,
-        tp: plan.tp,
-        dtype,
-        tensors,
-    })
+    let mut one = shard_ranks(ckpt, cfg, plan, &[rank], dtype)?;
+    Ok(one.remove(0))
 }
 
 /// Every rank's shards, reading each checkpoint tensor once (rather than once per rank, as
@@ -1028,11 +1008,24 @@ pub fn shard_all_ranks(
     plan: &ShardPlan,
     dtype: DType,
 ) -> Result<Vec<RankWeights>> {
+    let ranks: Vec<i64> = (0..plan.tp).collect();
+    shard_ranks(ckpt, cfg, plan, &ranks, dtype)
+}
+
+/// The shards of `ranks`, reading each checkpoint tensor once and cutting it for each rank.
+fn shard_ranks(
+    ckpt: &Checkpoint,
+    cfg: &Phi3Config,
+    plan: &ShardPlan,
+    ranks: &[i64],
+    dtype: DType,
+) -> Result<Vec<RankWeights>> {
     check_target(dtype)?;
     check_plan(cfg, plan)?;
     ckpt.validate(cfg)?;
-    let mut ranks: Vec<RankWeights> = (0..plan.tp)
-        .map(|rank| RankWeights {
+    let mut out: Vec<RankWeights> = ranks
+        .iter()
+        .map(|&rank| RankWeights {
             rank,
             tp: plan.tp,
             dtype,
@@ -1042,7 +1035,7 @@ pub fn shard_all_ranks(
     for (name, key, param) in params(cfg) {
         let (file, info) = ckpt.check(&key, &hf_shape(cfg, param))?;
         let (from, data) = ckpt.read_raw(file, &key, info)?;
-        for w in &mut ranks {
+        for w in &mut out {
             let (dims, bytes) = cut(cfg, plan, w.rank, (&key, param), &data, from)?;
             w.tensors.push(WeightTensor {
                 name: name.clone(),
@@ -1053,7 +1046,7 @@ pub fn shard_all_ranks(
             });
         }
     }
-    Ok(ranks)
+    Ok(out)
 }
 
 /// The file name of rank `r`'s shards.
