@@ -88,8 +88,20 @@ fn builds_a_graph_set_with_manifest_and_reruns_identically() {
     let inputs = tkg["inputs"].as_array().unwrap();
     assert_eq!(inputs[0]["role"], "input_ids");
     assert_eq!(inputs[1]["role"], "position_ids");
-    assert_eq!(inputs[2]["checkpoint_key"], "model.embed_tokens.weight");
-    assert_eq!(inputs[2]["shard"]["kind"], "split");
+    // Weights are declared once, in the set's table: the embedding is cut by columns.
+    assert_eq!(inputs[2]["role"], "weight");
+    let embed = manifest["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == inputs[2]["weight"])
+        .unwrap();
+    assert_eq!(
+        embed["parts"][0]["checkpoint_key"],
+        "model.embed_tokens.weight"
+    );
+    assert_eq!(embed["parts"][0]["shard"]["kind"], "cut");
+    assert_eq!(embed["parts"][0]["shard"]["dim"], 1);
     let caches: Vec<_> = inputs.iter().filter(|i| i["role"] == "kv_cache").collect();
     assert_eq!(caches.len(), 4);
     assert_eq!(caches[0]["shape"], serde_json::json!([1, 16, 32, 96]));

@@ -4,9 +4,8 @@
 
 use phi3_neuron::dsl::DType;
 use phi3_neuron::hlo::{lower, LowerOptions};
-use phi3_neuron::models::phi3::config::embedded_names;
-use phi3_neuron::models::phi3::graph::record;
-use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
+use phi3_neuron::models::decoder::GraphSpec;
+use phi3_neuron::models::{embedded_names, resolve};
 use pjrt_runtime::{Client, ClientOptions, CompileOptions, Plugin};
 
 #[test]
@@ -21,13 +20,13 @@ fn two_layer_cuts_of_every_model_compile_on_cpu() {
     )
     .unwrap();
     for name in embedded_names() {
-        let cfg = Phi3Config::embedded(name).unwrap().with_layers(2);
-        let plan = ShardPlan::new(&cfg, tp).unwrap();
+        let cfg = resolve(name).unwrap().with_layers(2);
+        let plan = cfg.plan(tp).unwrap();
         for spec in [
             GraphSpec::context_encoding(1, 128, 256, DType::BF16),
             GraphSpec::token_generation(1, 256, DType::BF16),
         ] {
-            let g = record(&cfg, &plan, &spec).unwrap();
+            let g = cfg.record(&plan, &spec).unwrap();
             let m = lower(&g.graph, &LowerOptions::default()).unwrap();
             let exe = client
                 .compile(&m, &CompileOptions::replicas(tp))

@@ -6,10 +6,13 @@
 //! Golden text omits source file and line from the metadata, so moving model code around does
 //! not churn the goldens; the scope paths (`op_name`) stay.
 
+use phi3_neuron::build::{build_graph, golden_text};
 use phi3_neuron::dsl::DType;
+use phi3_neuron::manifest::InputRole;
+use phi3_neuron::models::decoder::GraphSpec;
 use phi3_neuron::models::phi3::config::embedded_names;
-use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
-use phi3_neuron::neuron::graphset::{build_graph, golden_text};
+use phi3_neuron::models::phi3::Phi3Config;
+use phi3_neuron::models::DecoderModel;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -65,7 +68,7 @@ fn hlo_text_of_reference_graphs() {
             .join("config.json");
         let cfg = Phi3Config::from_file(&path).unwrap().with_layers(1);
         for tp in [1, 2] {
-            let plan = ShardPlan::new(&cfg, tp).unwrap();
+            let plan = cfg.plan(tp).unwrap();
             for spec in [
                 GraphSpec::context_encoding(1, 16, 32, DType::F32),
                 GraphSpec::token_generation(1, 32, DType::F32),
@@ -89,7 +92,7 @@ fn stats_of_full_size_models() {
     let tp = 8;
     for model in embedded_names() {
         let cfg = Phi3Config::embedded(model).unwrap();
-        let plan = ShardPlan::new(&cfg, tp).unwrap();
+        let plan = cfg.plan(tp).unwrap();
         let mut graphs = serde_json::Map::new();
         for spec in [
             GraphSpec::context_encoding(1, 128, 4096, DType::BF16),
@@ -100,12 +103,7 @@ fn stats_of_full_size_models() {
                 .recorded
                 .inputs
                 .iter()
-                .filter(|i| {
-                    matches!(
-                        i.role,
-                        phi3_neuron::models::phi3::graph::InputRole::Weight { .. }
-                    )
-                })
+                .filter(|i| matches!(i.role, InputRole::Weight { .. }))
                 .map(|i| i.ty.element_count())
                 .sum();
             graphs.insert(

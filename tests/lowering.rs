@@ -235,7 +235,7 @@ fn lowering_is_deterministic_across_processes() {
 fn module_checker_reports_every_broken_rule() {
     use phi3_neuron::hlo::check::check_module;
     let good = module();
-    assert_eq!(check_module(&good), Vec::<String>::new());
+    assert_eq!(check_module(&good), Ok(()));
     let mut bad = good.clone();
     // 1: a duplicate instruction name; 2: the caller before its callee; 3: no parameter names.
     let entry = bad.computations.len() - 1;
@@ -248,8 +248,8 @@ fn module_checker_reports_every_broken_rule() {
         .unwrap()
         .parameter_names
         .clear();
-    let errors = check_module(&bad);
-    let text = errors.join("\n");
+    let errors = check_module(&bad).unwrap_err();
+    let text = errors.messages().join("\n");
     assert!(text.contains("is not module-unique"), "{text}");
     assert!(text.contains("which is not listed before it"), "{text}");
     assert!(

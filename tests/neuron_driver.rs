@@ -3,7 +3,7 @@
 //! the fake's environment, so tests can run side by side.
 #![cfg(unix)]
 
-use phi3_neuron::models::phi3::GraphKind;
+use phi3_neuron::manifest::GraphKind;
 use phi3_neuron::neuron::driver::{
     self, cache_key, compile_all, compiler_version, find_compiler, find_compiler_in, shell_quote,
     CompileJob, DriverError,

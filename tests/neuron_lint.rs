@@ -3,16 +3,17 @@
 
 use phi3_neuron::dsl::*;
 use phi3_neuron::hlo::{lower, LowerOptions};
-use phi3_neuron::models::phi3::graph::{record, CacheWrite, NormImpl};
-use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
+use phi3_neuron::models::decoder::{CacheWrite, GraphSpec, NormImpl};
+use phi3_neuron::models::phi3::Phi3Config;
+use phi3_neuron::models::DecoderModel;
 use phi3_neuron::neuron::lint::{lint, Allowance, Finding};
 
 fn findings(spec: &GraphSpec, tp: i64) -> Vec<Finding> {
     let cfg = Phi3Config::embedded("phi-3-mini-4k")
         .unwrap()
         .with_layers(2);
-    let plan = ShardPlan::new(&cfg, tp).unwrap();
-    let g = record(&cfg, &plan, spec).unwrap();
+    let plan = cfg.plan(tp).unwrap();
+    let g = cfg.record(&plan, spec).unwrap();
     lint(&lower(&g.graph, &LowerOptions::default()).unwrap())
 }
 

@@ -165,8 +165,10 @@ fn a_truncated_checkpoint_names_the_file() {
 #[test]
 fn shard_writes_one_safetensors_file_per_rank() {
     use phi3_neuron::dsl::DType;
-    use phi3_neuron::models::phi3::graph::{record, InputRole};
-    use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
+    use phi3_neuron::manifest::InputRole;
+    use phi3_neuron::models::decoder::GraphSpec;
+    use phi3_neuron::models::phi3::Phi3Config;
+    use phi3_neuron::models::DecoderModel;
     let out = std::env::temp_dir().join(format!("phi3-cli-shard-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let model = fixture("gqa_mha_convert");
@@ -185,13 +187,10 @@ fn shard_writes_one_safetensors_file_per_rank() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // The files hold exactly the bf16 weight inputs of the tp-4 graph, at the graph's shapes.
     let cfg = Phi3Config::from_file(&model.join("config.json")).unwrap();
-    let plan = ShardPlan::new(&cfg, 4).unwrap();
-    let g = record(
-        &cfg,
-        &plan,
-        &GraphSpec::token_generation(1, 16, DType::BF16),
-    )
-    .unwrap();
+    let plan = cfg.plan(4).unwrap();
+    let g = cfg
+        .record(&plan, &GraphSpec::token_generation(1, 16, DType::BF16))
+        .unwrap();
     let mut first = Vec::new();
     for rank in 0..4 {
         let bytes = std::fs::read(out.join(format!("tp{rank}.safetensors"))).unwrap();

@@ -1,11 +1,10 @@
-//! Phi-3 graphs build and lower for every embedded model at every supported TP degree, with
-//! the collectives the design promises.
+//! Decoder graphs build and lower for every embedded model (the Phi-3 family and Llama) at
+//! every supported TP degree, with the collectives the design promises.
 
 use phi3_neuron::dsl::DType;
 use phi3_neuron::hlo::{lower, LowerOptions};
-use phi3_neuron::models::phi3::config::embedded_names;
-use phi3_neuron::models::phi3::graph::record;
-use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
+use phi3_neuron::models::decoder::GraphSpec;
+use phi3_neuron::models::{embedded_names, resolve};
 
 fn count(m: &xla_proto::HloModuleProto, opcode: &str) -> usize {
     m.computations
@@ -18,14 +17,16 @@ fn count(m: &xla_proto::HloModuleProto, opcode: &str) -> usize {
 #[test]
 fn all_embedded_models_build_at_all_tp_degrees() {
     for name in embedded_names() {
-        let cfg = Phi3Config::embedded(name).unwrap().with_layers(2);
+        let cfg = resolve(name).unwrap().with_layers(2);
         for tp in [1, 2, 4, 8, 16, 32] {
-            let plan = ShardPlan::new(&cfg, tp).unwrap();
+            let plan = cfg.plan(tp).unwrap();
             for spec in [
                 GraphSpec::context_encoding(1, 128, 4096, DType::BF16),
                 GraphSpec::token_generation(1, 4096, DType::BF16),
             ] {
-                let g = record(&cfg, &plan, &spec).unwrap_or_else(|e| panic!("{name} tp{tp}: {e}"));
+                let g = cfg
+                    .record(&plan, &spec)
+                    .unwrap_or_else(|e| panic!("{name} tp{tp}: {e}"));
                 let m = lower(&g.graph, &LowerOptions::default()).unwrap();
                 let all_reduces = count(&m, "all-reduce");
                 let expected = if tp > 1 { 2 * 2 } else { 0 };

@@ -14,10 +14,11 @@
 //! whose first 8 HF margins are at least 0.35 (about 10× the logit error); on the other cases
 //! the margins are as small as 0.01, so only the logits are compared.
 
+use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
-use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions, LinearForm};
-use phi3_neuron::models::phi3::runner::Runner;
-use phi3_neuron::models::phi3::{GraphSpec, Phi3Config, ShardPlan};
+use phi3_neuron::models::decoder::{CacheWrite, Fusion, GraphOptions, GraphSpec, LinearForm};
+use phi3_neuron::models::phi3::Phi3Config;
+use phi3_neuron::models::DecoderModel;
 use std::path::{Path, PathBuf};
 
 const FIXTURES: &[&str] = &[
@@ -98,7 +99,7 @@ fn check(
 ) {
     let dir = fixture_dir(fixture);
     let cfg = Phi3Config::from_file(&dir.join("config.json")).unwrap();
-    if let Err(e) = ShardPlan::new(&cfg, tp) {
+    if let Err(e) = cfg.plan(tp) {
         panic!("{fixture} must shard at tp={tp}: {e}");
     }
     let cases = cases(fixture);
@@ -109,7 +110,7 @@ fn check(
         .unwrap();
     let max_seq_len = (longest as i64 + 7) / 8 * 8;
     let runner =
-        Runner::from_checkpoint(&plugin(), &dir, tp, dtype, max_seq_len, options.clone()).unwrap();
+        engine_from_checkpoint(&plugin(), &dir, tp, dtype, max_seq_len, options.clone()).unwrap();
     for c in &cases {
         let got = runner.last_logits(&c.prompt).unwrap();
         let diff = max_abs_diff(&got, &c.logits);
@@ -170,8 +171,8 @@ fn knobs_keep_the_numerics() {
         (
             "split qkv and gate_up",
             GraphOptions {
-                fused_qkv: false,
-                fused_gate_up: false,
+                qkv: Fusion::Split,
+                gate_up: Fusion::Split,
                 ..default.clone()
             },
         ),
@@ -236,15 +237,14 @@ fn bf16_stays_close_to_hf() {
 #[test]
 fn batched_decode_cache_writes_agree() {
     use phi3_neuron::hlo::{lower, LowerOptions};
-    use phi3_neuron::models::phi3::graph::{record, InputRole};
-    use phi3_neuron::models::phi3::weights::{shard_for_rank, Checkpoint};
+    use phi3_neuron::manifest::InputRole;
+    use phi3_neuron::weights::{shard_rank, Checkpoint};
     use pjrt_runtime::{Arg, Client, ClientOptions, CompileOptions};
 
     let dir = fixture_dir("gqa");
     let cfg = Phi3Config::from_file(&dir.join("config.json")).unwrap();
-    let plan = ShardPlan::new(&cfg, 1).unwrap();
-    let shard =
-        shard_for_rank(&Checkpoint::open(&dir).unwrap(), &cfg, &plan, 0, DType::F32).unwrap();
+    let plan = cfg.plan(1).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
     let client = Client::new(
         &plugin(),
         &ClientOptions {
@@ -269,15 +269,15 @@ fn batched_decode_cache_writes_agree() {
     for write in [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice] {
         let mut spec = GraphSpec::token_generation(2, 16, DType::F32);
         spec.options.decode_cache_write = write;
-        let g = record(&cfg, &plan, &spec).unwrap();
+        let g = cfg.record(&plan, &spec).unwrap();
+        let shard = shard_rank(&ckpt, &g.weights, 1, 0).unwrap();
         let exe = client
             .compile(
                 &lower(&g.graph, &LowerOptions::default()).unwrap(),
                 &CompileOptions::default(),
             )
             .unwrap();
-        let weights = shard.for_graph_inputs(&g.inputs).unwrap();
-        let mut weight_iter = weights.iter();
+        let mut weight_iter = shard.tensors.iter();
         let ids_buf = client.buffer_from_slice(&ids, &[2, 1], 0).unwrap();
         let pos_buf = client.buffer_from_slice(&pos, &[2, 1], 0).unwrap();
         let mut owned = Vec::new();

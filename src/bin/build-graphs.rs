@@ -1,25 +1,30 @@
-//! Builds the Phi-3 graph set: for each bucket a context-encoding and a token-generation
-//! graph, lowered to `HloModuleProto` (`.hlo.pb`) and HLO text (`.hlo.txt`), plus one
-//! `manifest.json`. With no arguments it builds the default set for the embedded
-//! Phi-3-mini-4k-instruct config at tp 2, batch 1, with no weights and no network.
+//! Builds a decoder's graph set (the Phi-3 family or Llama): for each bucket a
+//! context-encoding and a token-generation graph, lowered to `HloModuleProto` (`.hlo.pb`) and
+//! HLO text (`.hlo.txt`), plus one `manifest.json`. With no arguments it builds the default
+//! set for the embedded Phi-3-mini-4k-instruct config at tp 2, batch 1, with no weights and no
+//! network.
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use phi3_neuron::build::manifest::{graph_entry, manifest, weights_table, GraphArtifact, SetInfo};
+use phi3_neuron::build::set::build_all;
+use phi3_neuron::build::{default_jobs, to_dot, BuiltGraph};
 use phi3_neuron::dsl::DType;
-use phi3_neuron::models::phi3::config::embedded_names;
-use phi3_neuron::models::phi3::graph::{CacheWrite, GraphOptions, LinearForm, NormImpl};
-use phi3_neuron::models::phi3::{GraphKind, GraphSpec, Phi3Config, ShardPlan};
-use phi3_neuron::neuron::artifacts::{remove_stale_temporaries, write_atomic};
-use phi3_neuron::neuron::graphset::{build_graph, default_jobs, to_dot, BuiltGraph};
-use phi3_neuron::neuron::manifest::{graph_entry, manifest, GraphArtifact, SetInfo};
+use phi3_neuron::files::{remove_stale_temporaries, write_atomic};
+use phi3_neuron::models::decoder::{
+    CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl,
+};
+use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Build Phi-3 HLO graphs for AWS Neuron")]
+#[command(
+    version,
+    about = "Build decoder HLO graph sets (Phi-3 family, Llama) for AWS Neuron"
+)]
 struct Args {
     /// Embedded model name (see --list-models) or a path to a config.json or its folder.
     #[arg(long, default_value = "phi-3-mini-4k")]
@@ -67,11 +72,12 @@ struct Args {
     /// Graphs built in parallel (default: available cores).
     #[arg(long)]
     jobs: Option<usize>,
-    /// Q/K/V projection weights: fused (one qkv_proj per layer, HF's layout) or split.
-    #[arg(long, default_value = "fused")]
+    /// Q/K/V projection weights: checkpoint (as the checkpoint stores them: fused for Phi-3,
+    /// separate for Llama), fused (one qkv_proj per layer) or split.
+    #[arg(long, default_value = "checkpoint")]
     qkv: String,
-    /// MLP gate/up weights: fused (one gate_up_proj per layer, HF's layout) or split.
-    #[arg(long, default_value = "fused")]
+    /// MLP gate/up weights: checkpoint, fused (one gate_up_proj per layer) or split.
+    #[arg(long, default_value = "checkpoint")]
     gate_up: String,
     /// Projection matmuls: activation-first (x·wᵀ, NxD's; the neuron preset's) or weight-first
     /// (w·xᵀ, faster on CPU; the cpu preset's).
@@ -155,9 +161,11 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
             ))
         }
     };
+    let fusion = [Fusion::Checkpoint, Fusion::Fused, Fusion::Split];
+    let fusions = ["checkpoint", "fused", "split"];
     Ok(GraphOptions {
-        fused_qkv: pick("qkv", &args.qkv, &["fused", "split"])? == 0,
-        fused_gate_up: pick("gate-up", &args.gate_up, &["fused", "split"])? == 0,
+        qkv: fusion[pick("qkv", &args.qkv, &fusions)?],
+        gate_up: fusion[pick("gate-up", &args.gate_up, &fusions)?],
         decode_cache_write: match &args.cache_write {
             Some(v) => [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice]
                 [pick("cache-write", v, &["scatter", "dus"])?],
@@ -192,12 +200,12 @@ fn run(args: Args) -> Result<(), String> {
         }
         return Ok(());
     }
-    let mut cfg = Phi3Config::resolve(&args.model).map_err(|e| e.to_string())?;
+    let mut model = resolve(&args.model).map_err(|e| e.to_string())?;
     if let Some(n) = args.layers {
         if n == 0 {
             return Err("--layers must be at least 1".into());
         }
-        cfg = cfg.with_layers(n);
+        model = model.with_layers(n);
     }
     let dtype = match args.dtype.as_str() {
         "bf16" => DType::BF16,
@@ -227,14 +235,14 @@ fn run(args: Args) -> Result<(), String> {
             kinds.push(kind);
         }
     }
-    let plan = ShardPlan::new(&cfg, args.tp).map_err(|e| e.to_string())?;
+    let plan = model.plan(args.tp).map_err(|e| e.to_string())?;
     let mut buckets = args.buckets.clone();
     buckets.sort();
     buckets.dedup();
     if let Some(&b) = buckets.iter().find(|&&b| b < 1) {
         return Err(format!("bucket {b} must be at least 1"));
     }
-    let limit = cfg.max_position_embeddings as i64;
+    let limit = model.max_position_embeddings() as i64;
     if let Some(max) = args.max_seq_len {
         if !(1..=limit).contains(&max) {
             return Err(format!(
@@ -295,7 +303,7 @@ fn run(args: Args) -> Result<(), String> {
 
     let dir = args
         .out
-        .join(model_dir_name(&cfg.name))
+        .join(model_dir_name(model.name()))
         .join(format!("tp{}", args.tp));
     let total = Instant::now();
     // A manifest must only ever describe the files beside it. Take the old one away before the
@@ -333,10 +341,21 @@ fn run(args: Args) -> Result<(), String> {
         }
         Ok(files)
     };
+    let progress = ProgressBar::new(specs.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} graphs").expect("valid template"),
+    );
+    let built_all = build_all(
+        model.as_ref(),
+        &plan,
+        &specs,
+        args.jobs,
+        &write_files,
+        &|| progress.inc(1),
+    );
+    progress.finish_and_clear();
     let (built, files_per_graph): (Vec<BuiltGraph>, Vec<Vec<String>>) =
-        build_all(&cfg, &plan, &specs, args.jobs, &write_files)?
-            .into_iter()
-            .unzip();
+        built_all?.into_iter().unzip();
     let flags: Vec<Vec<String>> = built
         .iter()
         .map(|b| {
@@ -370,29 +389,27 @@ fn run(args: Args) -> Result<(), String> {
                 }
             });
         entries.push(graph_entry(
+            model.as_ref(),
             &GraphArtifact {
-                recorded: &b.recorded,
-                proto_sha256: &b.proto_sha256,
-                proto_len: b.proto_len,
+                built: b,
                 files,
                 compiler_flags: flags[i].clone(),
-                stats: &b.stats,
-                findings: &b.findings,
                 compile,
             },
-            &plan,
         ));
     }
+    let weights = weights_table(&built.iter().collect::<Vec<_>>())?;
     let max_len = specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0);
     let set = SetInfo {
+        model: model.as_ref(),
+        plan: &plan,
         batch: args.batch,
         max_seq_len: max_len,
-        dtype: &args.dtype,
+        dtype,
         target: &args.target,
         options: &options,
     };
-    let m = manifest(&cfg, &plan, &set, entries);
-    let text = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())? + "\n";
+    let text = manifest(&set, weights, entries).to_json_pretty();
     // The manifest goes last, so it never names a file that is not fully written.
     write_atomic(&dir.join("manifest.json"), text.as_bytes())
         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -439,9 +456,9 @@ fn run(args: Args) -> Result<(), String> {
     println!(
         "{} graphs for {} (tp {}, {} layers) in {:.0} ms → {}",
         built.len(),
-        cfg.name,
+        model.name(),
         args.tp,
-        cfg.num_hidden_layers,
+        model.num_layers(),
         total.elapsed().as_secs_f64() * 1e3,
         dir.display()
     );
@@ -486,58 +503,6 @@ fn compile_graphs(
     let version = driver::compiler_version(compiler).map_err(|e| e.to_string())?;
     let results = driver::compile_all_with_version(compiler, &version, &jobs, parallel, &cache);
     Ok((version, results))
-}
-
-type WriteFiles<'a> = dyn Fn(&BuiltGraph) -> Result<Vec<String>, String> + Sync + 'a;
-
-/// Builds every graph, `jobs` at a time, keeping the input order. Each graph goes through
-/// `write` (which returns the files it wrote) and is then slimmed to its summary.
-fn build_all(
-    cfg: &Phi3Config,
-    plan: &ShardPlan,
-    specs: &[GraphSpec],
-    jobs: Option<usize>,
-    write: &WriteFiles<'_>,
-) -> Result<Vec<(BuiltGraph, Vec<String>)>, String> {
-    let jobs = jobs
-        .unwrap_or_else(default_jobs)
-        .clamp(1, specs.len().max(1));
-    let progress = ProgressBar::new(specs.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} graphs").expect("valid template"),
-    );
-    let next = Mutex::new(0usize);
-    type Slot = Option<Result<(BuiltGraph, Vec<String>), String>>;
-    let results: Mutex<Vec<Slot>> = Mutex::new((0..specs.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().expect("no panics while holding the lock");
-                    let i = *n;
-                    *n += 1;
-                    i
-                };
-                let Some(spec) = specs.get(i) else { break };
-                let r = build_graph(cfg, plan, spec)
-                    .map_err(|e| e.to_string())
-                    .and_then(|mut b| {
-                        let files = write(&b)?;
-                        b.drop_module();
-                        Ok((b, files))
-                    });
-                progress.inc(1);
-                results.lock().expect("no panics while holding the lock")[i] = Some(r);
-            });
-        }
-    });
-    progress.finish_and_clear();
-    results
-        .into_inner()
-        .expect("no panics while holding the lock")
-        .into_iter()
-        .map(|r| r.expect("every graph was built"))
-        .collect()
 }
 
 fn print_stats(built: &[BuiltGraph]) {

@@ -1,5 +1,6 @@
-//! Runs a Phi-3 checkpoint through the compiled graphs on the PJRT CPU plugin, one device
-//! per tensor-parallel rank, and prints JSON. The command lines are a stable contract:
+//! Runs a checkpoint (Phi-3 family or Llama) through the compiled graphs on a PJRT plugin,
+//! one device per tensor-parallel rank, and prints JSON. The command lines are a stable
+//! contract:
 //!
 //! ```text
 //! phi3 logits   --model DIR --prompt-ids 1,2,3 [--tp N] [--dtype f32|bf16]
@@ -13,16 +14,20 @@
 //! defaults, in the forms XLA:CPU runs fastest.
 
 use clap::{Args, Parser, Subcommand};
+use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
-use phi3_neuron::models::phi3::graph::GraphOptions;
-use phi3_neuron::models::phi3::runner::Runner;
-use phi3_neuron::models::phi3::weights::{write_rank_files, Checkpoint};
-use phi3_neuron::models::phi3::{Phi3Config, ShardPlan};
+use phi3_neuron::models::decoder::{GraphOptions, GraphSpec};
+use phi3_neuron::models::from_file;
+use phi3_neuron::run::Engine;
+use phi3_neuron::weights::{write_rank_files, Checkpoint};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(version, about = "Run Phi-3 graphs on the PJRT CPU plugin")]
+#[command(
+    version,
+    about = "Run decoder graphs (Phi-3 family, Llama) on a PJRT plugin"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,13 +95,13 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-fn runner(c: &Common, new_tokens: usize) -> Result<Runner, String> {
+fn engine(c: &Common, new_tokens: usize) -> Result<Engine, String> {
     let dtype = parse_dtype(&c.dtype)?;
     if c.tp < 1 {
         return Err(format!("--tp must be at least 1, got {}", c.tp));
     }
-    let cfg = Phi3Config::from_file(&c.model.join("config.json")).map_err(|e| e.to_string())?;
-    let limit = cfg.max_position_embeddings;
+    let model = from_file(&c.model.join("config.json")).map_err(|e| e.to_string())?;
+    let limit = model.max_position_embeddings();
     match c.prompt_ids.len().checked_add(new_tokens) {
         Some(n) if n <= limit => {}
         _ => {
@@ -106,11 +111,12 @@ fn runner(c: &Common, new_tokens: usize) -> Result<Runner, String> {
             ))
         }
     }
+    model.plan(c.tp).map_err(|e| e.to_string())?;
     let plugin = pjrt_runtime::Plugin::from_env().map_err(|e| e.to_string())?;
     // One cache long enough for the prompt and every new token, rounded up to a multiple of 8.
     let needed = (c.prompt_ids.len() + new_tokens).max(1) as i64;
     let max_seq_len = (needed + 7) / 8 * 8;
-    Runner::from_checkpoint(
+    engine_from_checkpoint(
         &plugin,
         &c.model,
         c.tp,
@@ -124,7 +130,7 @@ fn runner(c: &Common, new_tokens: usize) -> Result<Runner, String> {
 fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Logits(c) => {
-            let logits = runner(&c, 0)?
+            let logits = engine(&c, 0)?
                 .last_logits(&c.prompt_ids)
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({ "last_logits": logits }).to_string())
@@ -136,12 +142,14 @@ fn run(cli: Cli) -> Result<String, String> {
             dtype,
         } => {
             let dtype = parse_dtype(&dtype)?;
-            let cfg =
-                Phi3Config::from_file(&model.join("config.json")).map_err(|e| e.to_string())?;
-            let plan = ShardPlan::new(&cfg, tp).map_err(|e| e.to_string())?;
+            let cfg = from_file(&model.join("config.json")).map_err(|e| e.to_string())?;
+            let plan = cfg.plan(tp).map_err(|e| e.to_string())?;
+            // The weights every graph of a default-knob set declares.
+            let spec = GraphSpec::context_encoding(1, 1, 1, dtype);
+            let decls = cfg.record(&plan, &spec).map_err(|e| e.to_string())?.weights;
             let ckpt = Checkpoint::open(&model).map_err(|e| e.to_string())?;
             let files =
-                write_rank_files(&ckpt, &cfg, &plan, dtype, &out).map_err(|e| e.to_string())?;
+                write_rank_files(&ckpt, &decls, tp as usize, &out).map_err(|e| e.to_string())?;
             let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             Ok(serde_json::json!({ "files": files }).to_string())
         }
@@ -149,7 +157,7 @@ fn run(cli: Cli) -> Result<String, String> {
             common,
             max_new_tokens,
         } => {
-            let tokens = runner(&common, max_new_tokens)?
+            let tokens = engine(&common, max_new_tokens)?
                 .generate(&common.prompt_ids, max_new_tokens)
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({ "tokens": tokens }).to_string())

@@ -74,7 +74,7 @@ impl Literal {
 
     pub fn to_proto(&self) -> xla_proto::LiteralProto {
         let mut p = xla_proto::LiteralProto {
-            shape: Some(crate::hlo::shape_proto_of_array(&self.ty)),
+            shape: Some(super::emit::shape_proto_of_array(&self.ty)),
             ..Default::default()
         };
         let words4 = || self.bytes.chunks_exact(4).map(|c| c.try_into().unwrap());

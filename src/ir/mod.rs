@@ -1,6 +1,7 @@
 //! The intermediate representation: typed plain-data nodes on a petgraph `StableGraph`, a
 //! verifier that reports every error at once, and small composable passes.
 
+pub mod emit;
 pub mod error;
 pub mod graph;
 pub mod literal;

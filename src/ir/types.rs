@@ -5,7 +5,10 @@ use std::fmt;
 /// Element type of a tensor. The set is what the DSL records; the PJRT and HLO codes for
 /// each live in two separate `match`es ([`DType::primitive_type`] here and the runtime's
 /// buffer-type table), because the two numberings differ (bf16 is 16 in HLO, 13 in PJRT).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DType {
     Pred,
     S8,

@@ -1,7 +1,7 @@
 //! Neuron-specific pieces: the neuronx-cc flags known to work for decoder graphs (see
 //! `neuron.md`: optimum-neuron's flag set), per graph kind and target.
 
-use crate::models::phi3::GraphKind;
+use crate::manifest::GraphKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -17,6 +17,14 @@ impl Target {
             "trn2" => Some(Target::Trn2),
             "inf2" => Some(Target::Inf2),
             _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Trn1 => "trn1",
+            Target::Trn2 => "trn2",
+            Target::Inf2 => "inf2",
         }
     }
 
@@ -56,8 +64,5 @@ pub fn default_compiler_flags(kind: GraphKind, target: Target) -> Vec<String> {
     ]
 }
 
-pub mod artifacts;
 pub mod driver;
-pub mod graphset;
 pub mod lint;
-pub mod manifest;

@@ -3,7 +3,7 @@
 //! the newer `collective_device_list` (87) and turn a sub-group collective into a global one.
 
 use super::{array, check_dim, expect_arity, OpRule, ReduceKind};
-use crate::hlo::emit::{binary_scalar_computation, CompEmitter};
+use crate::ir::emit::{binary_scalar_computation, CompEmitter};
 use crate::ir::error::ShapeError;
 use crate::ir::types::Type;
 use xla_proto::ReplicaGroup;

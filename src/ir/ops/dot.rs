@@ -1,7 +1,7 @@
 //! `dot` with general dimension numbers.
 
 use super::{all_distinct_in_range, array, expect_arity, OpRule};
-use crate::hlo::emit::CompEmitter;
+use crate::ir::emit::CompEmitter;
 use crate::ir::error::ShapeError;
 use crate::ir::types::{DType, Type};
 

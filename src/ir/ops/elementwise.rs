@@ -3,7 +3,7 @@
 //! explicit broadcasts.
 
 use super::{array, expect_arity, OpRule};
-use crate::hlo::emit::CompEmitter;
+use crate::ir::emit::CompEmitter;
 use crate::ir::error::ShapeError;
 use crate::ir::types::{ArrayType, DType, Type};
 

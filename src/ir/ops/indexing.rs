@@ -1,7 +1,7 @@
 //! Indexed reads and writes: dynamic-slice, dynamic-update-slice, gather and scatter.
 
 use super::{all_distinct_in_range, array, expect_arity, OpRule};
-use crate::hlo::emit::{binary_scalar_computation, CompEmitter};
+use crate::ir::emit::{binary_scalar_computation, CompEmitter};
 use crate::ir::error::ShapeError;
 use crate::ir::types::{ArrayType, Type};
 

@@ -32,7 +32,7 @@ pub use source::{Constant, CustomCall, GetTupleElement, Iota, Parameter, Tuple};
 
 use super::error::ShapeError;
 use super::types::{ArrayType, Type};
-use crate::hlo::emit::CompEmitter;
+use crate::ir::emit::CompEmitter;
 
 /// What every op provides: its name (the HLO opcode, or the DSL name for ops that lower to
 /// several instructions), its shape rule, and its lowering.

@@ -1,7 +1,7 @@
 //! Data movement: reshape, transpose, broadcast, slice, concatenate and pad.
 
 use super::{all_distinct_in_range, array, check_dim, expect_arity, is_permutation, OpRule};
-use crate::hlo::emit::CompEmitter;
+use crate::ir::emit::CompEmitter;
 use crate::ir::error::ShapeError;
 use crate::ir::types::Type;
 use xla_proto::{

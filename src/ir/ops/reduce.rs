@@ -1,7 +1,7 @@
 //! Reductions: `reduce` with a generated scalar computation, and argmax as a variadic reduce.
 
 use super::{all_distinct_in_range, array, check_dim, expect_arity, OpRule};
-use crate::hlo::emit::{binary_scalar_computation, CompEmitter};
+use crate::ir::emit::{binary_scalar_computation, CompEmitter};
 use crate::ir::error::ShapeError;
 use crate::ir::types::{ArrayType, DType, Type};
 

@@ -2,7 +2,7 @@
 //! get-tuple-element and custom-call.
 
 use super::{array, expect_arity, OpRule};
-use crate::hlo::emit::CompEmitter;
+use crate::ir::emit::CompEmitter;
 use crate::ir::error::ShapeError;
 use crate::ir::literal::Literal;
 use crate::ir::types::{ArrayType, Type};

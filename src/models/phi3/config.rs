@@ -24,9 +24,12 @@
 //! type is rejected rather than silently treated as plain RoPE.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
+
+pub use crate::models::config::ConfigError;
+use crate::models::config::{parse_raw, read_text, Ctx};
 
 /// The embedded `config.json` files, as `(short name, JSON text)`. The JSON is byte-for-byte the
 /// public Hugging Face file (see `shared/reference/configs/README.md` for provenance).
@@ -63,81 +66,6 @@ pub fn embedded_json(name: &str) -> Option<&'static str> {
 
 fn embedded_names_list() -> String {
     embedded_names().collect::<Vec<_>>().join(", ")
-}
-
-/// Errors from loading or validating a Phi-3 config. Every message starts with the source
-/// (short name or file path) and names the offending field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The text is not valid JSON (or not a JSON object). serde's message carries the line and
-    /// column.
-    #[error("{origin}: malformed JSON: {error}")]
-    Json {
-        origin: String,
-        #[source]
-        error: serde_json::Error,
-    },
-    /// A field has the wrong JSON type or an out-of-range integer (e.g. a negative size).
-    #[error("{origin}: field `{field}`: {error}")]
-    FieldType {
-        origin: String,
-        field: String,
-        #[source]
-        error: serde_json::Error,
-    },
-    /// A required field is absent or null.
-    #[error("{origin}: missing required field `{field}`{detail}")]
-    MissingField {
-        origin: String,
-        field: String,
-        /// Extra context, e.g. " (required for longrope)"; may be empty.
-        detail: String,
-    },
-    /// A field is present and well-typed but its value is not acceptable.
-    #[error("{origin}: field `{field}`: {reason}")]
-    InvalidField {
-        origin: String,
-        field: String,
-        reason: String,
-    },
-    /// A RoPE type other than default / longrope (and its aliases su, yarn).
-    #[error(
-        "{origin}: field `{field}`: unsupported RoPE type {rope_type:?} (Phi-3 supports \"default\" \
-         and \"longrope\", with legacy aliases \"su\" and \"yarn\")"
-    )]
-    UnsupportedRopeType {
-        origin: String,
-        field: String,
-        rope_type: String,
-    },
-    /// A LongRoPE factor list whose length is not `rotary_dim / 2`.
-    #[error(
-        "{origin}: field `{field}` has {len} entries, expected rotary_dim / 2 = {expected} \
-         (rotary_dim = {rotary_dim})"
-    )]
-    FactorLength {
-        origin: String,
-        field: String,
-        len: usize,
-        expected: usize,
-        rotary_dim: usize,
-    },
-    /// A config file (or a directory's `config.json`) could not be read.
-    #[error("{}: cannot read config file: {error}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        error: std::io::Error,
-    },
-    /// [`Phi3Config::embedded`] was given a name that is not embedded.
-    #[error("unknown embedded model {name:?}; valid names: {valid}")]
-    UnknownModel { name: String, valid: String },
-    /// [`Phi3Config::resolve`] was given neither an embedded name nor an existing path.
-    #[error(
-        "{name:?} is neither an embedded model (valid names: {valid}) nor an existing path to a \
-         config.json or to a directory containing one"
-    )]
-    NotFound { name: String, valid: String },
 }
 
 /// The MLP activation. Only SiLU exists in the Phi-3 family.
@@ -282,90 +210,6 @@ struct RawConfig {
     rope_parameters: Option<RawRope>,
 }
 
-/// Finds which key of `obj` makes `T` fail to deserialize, by deserializing each key alone
-/// (every field of the raw structs is optional, so a one-key object fails only on that key).
-fn failing_key<T: for<'de> Deserialize<'de>>(
-    obj: &serde_json::Map<String, serde_json::Value>,
-) -> Option<(&String, &serde_json::Value)> {
-    obj.iter().find(|(k, v)| {
-        let mut single = serde_json::Map::new();
-        single.insert((*k).clone(), (*v).clone());
-        T::deserialize(serde_json::Value::Object(single)).is_err()
-    })
-}
-
-/// Turns a serde data error on the whole document into a [`ConfigError`] naming the field.
-fn locate_data_error(json: &str, origin: &str, error: serde_json::Error) -> ConfigError {
-    let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json) else {
-        // Not an object at top level (or a problem serde reports only on the whole document).
-        return ConfigError::Json {
-            origin: origin.to_string(),
-            error,
-        };
-    };
-    let Some((key, value)) = failing_key::<RawConfig>(&map) else {
-        return ConfigError::Json {
-            origin: origin.to_string(),
-            error,
-        };
-    };
-    let mut field = key.clone();
-    if key == "rope_scaling" || key == "rope_parameters" {
-        if let Some(inner) = value.as_object() {
-            if let Some((sub, _)) = failing_key::<RawRope>(inner) {
-                field = format!("{key}.{sub}");
-            }
-        }
-    }
-    ConfigError::FieldType {
-        origin: origin.to_string(),
-        field,
-        error,
-    }
-}
-
-/// Validation context: the source name, for error messages.
-struct Ctx<'a> {
-    origin: &'a str,
-}
-
-impl Ctx<'_> {
-    fn missing(&self, field: &str, detail: &str) -> ConfigError {
-        ConfigError::MissingField {
-            origin: self.origin.to_string(),
-            field: field.to_string(),
-            detail: detail.to_string(),
-        }
-    }
-
-    fn invalid(&self, field: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::InvalidField {
-            origin: self.origin.to_string(),
-            field: field.to_string(),
-            reason: reason.into(),
-        }
-    }
-
-    fn required<T>(&self, value: Option<T>, field: &str) -> Result<T, ConfigError> {
-        value.ok_or_else(|| self.missing(field, ""))
-    }
-
-    fn positive_size(&self, value: Option<usize>, field: &str) -> Result<usize, ConfigError> {
-        let v = self.required(value, field)?;
-        if v == 0 {
-            return Err(self.invalid(field, "must be positive, got 0"));
-        }
-        Ok(v)
-    }
-
-    fn positive_f64(&self, value: f64, field: &str) -> Result<f64, ConfigError> {
-        if !(value.is_finite() && value > 0.0) {
-            return Err(self.invalid(field, format!("must be finite and positive, got {value}")));
-        }
-        Ok(value)
-    }
-}
-
 /// Normalises a RoPE type spelling; `None` = unsupported.
 fn canonical_rope_type(t: &str) -> Option<&'static str> {
     match t {
@@ -379,27 +223,13 @@ impl Phi3Config {
     /// Parses and validates a `config.json` text. `source` names it in errors and becomes
     /// [`Phi3Config::name`].
     pub fn from_json_str(json: &str, source: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = match serde_json::from_str(json) {
-            Ok(raw) => raw,
-            Err(error) => {
-                return Err(match error.classify() {
-                    serde_json::error::Category::Data => locate_data_error(json, source, error),
-                    _ => ConfigError::Json {
-                        origin: source.to_string(),
-                        error,
-                    },
-                })
-            }
-        };
+        let raw: RawConfig = parse_raw::<RawConfig, RawRope>(json, source)?;
         Self::validate(raw, source)
     }
 
     /// Reads and parses a `config.json` file; errors name the path.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let json = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let json = read_text(path)?;
         Self::from_json_str(&json, &path.display().to_string())
     }
 
@@ -461,23 +291,9 @@ impl Phi3Config {
     fn validate(raw: RawConfig, origin: &str) -> Result<Self, ConfigError> {
         let cx = Ctx { origin };
 
-        match raw.model_type.as_deref() {
-            Some("phi3") => {}
-            Some(other) => {
-                return Err(cx.invalid("model_type", format!("expected \"phi3\", got {other:?}")))
-            }
-            None => return Err(cx.missing("model_type", " (expected \"phi3\")")),
-        }
-
-        let hidden_act = match raw.hidden_act.as_deref() {
-            None | Some("silu") => HiddenAct::Silu,
-            Some(other) => {
-                return Err(cx.invalid(
-                    "hidden_act",
-                    format!("only \"silu\" is supported, got {other:?}"),
-                ))
-            }
-        };
+        cx.model_type(raw.model_type.as_deref(), "phi3")?;
+        cx.silu(raw.hidden_act.as_deref())?;
+        let hidden_act = HiddenAct::Silu;
 
         let hidden_size = cx.positive_size(raw.hidden_size, "hidden_size")?;
         let intermediate_size = cx.positive_size(raw.intermediate_size, "intermediate_size")?;
@@ -582,6 +398,8 @@ impl Phi3Config {
                         origin: origin.to_string(),
                         field: type_field.clone(),
                         rope_type: s.clone(),
+                        supported: "Phi-3 supports \"default\" and \"longrope\", with legacy \
+                                    aliases \"su\" and \"yarn\"",
                     }
                 }),
             }
@@ -720,6 +538,7 @@ fn rotary_dim(head_dim: usize, partial_rotary_factor: f64) -> usize {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+    use std::path::PathBuf;
 
     /// sqrt(1 + ln(32) / ln(4096)) = sqrt(17/12).
     const ATT_128K: f64 = 1.190_238_071_7;

@@ -1,11 +1,15 @@
 //! Module-wide emission state: one id counter for computations and instructions, module-unique
-//! names, and the cache of generated sub-computations (reducers, combiners).
+//! names, and the cache of generated sub-computations (reducers, combiners). It lives in `ir`
+//! because every op's lowering (in `ir::ops`) emits through it; `hlo::lower` adds the
+//! module-level policy on top.
 
-use super::shape_proto;
-use crate::ir::{ArrayType, DType, Literal, Type};
+use super::{ArrayType, DType, Literal, Type};
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashSet};
-use xla_proto::{HloComputationProto, HloInstructionProto, ProgramShapeProto};
+use xla_proto::{
+    HloComputationProto, HloInstructionProto, LayoutProto, PrimitiveType, ProgramShapeProto,
+    ShapeProto,
+};
 
 #[derive(Default)]
 pub struct ModuleEmitter {
@@ -199,4 +203,27 @@ pub fn binary_scalar_computation(m: &mut ModuleEmitter, opcode: &'static str, dt
         let rhs = c.parameter(1, "rhs", &t);
         c.emit(opcode, &t, &[lhs, rhs], |_| {})
     })
+}
+
+/// Array shape with XLA's default row-major layout (`minor_to_major = [rank-1, ..., 0]`).
+pub fn shape_proto_of_array(a: &ArrayType) -> ShapeProto {
+    ShapeProto {
+        element_type: a.dtype.primitive_type() as i32,
+        dimensions: a.dims.clone(),
+        layout: Some(LayoutProto {
+            minor_to_major: (0..a.rank() as i64).rev().collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn shape_proto(t: &Type) -> ShapeProto {
+    match t {
+        Type::Array(a) => shape_proto_of_array(a),
+        Type::Tuple(elems) => ShapeProto {
+            element_type: PrimitiveType::Tuple as i32,
+            tuple_shapes: elems.iter().map(shape_proto_of_array).collect(),
+            ..Default::default()
+        },
+    }
 }

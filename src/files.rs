@@ -1,6 +1,6 @@
 //! Crash-safe output files: write to a temporary file in the target folder, flush it to disk,
 //! rename it into place, then flush the folder, so an interrupted run never leaves a
-//! truncated artifact.
+//! truncated artifact. Also the content hash artifacts are named and checked by.
 
 use std::fs;
 use std::io::{self, Write};
@@ -64,4 +64,13 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

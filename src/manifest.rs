@@ -1,0 +1,263 @@
+//! `manifest.json`: the contract between a graph set and whatever runs it.
+//!
+//! `build-graphs` writes it (through `build::manifest`); `run` reads it, and so can any other
+//! runtime: everything needed to drive the graphs is here, in JSON, without Rust types. One
+//! set-level table declares every weight once (name, per-rank shape, the checkpoint tensors it
+//! is cut from and how); every graph lists its inputs and outputs in parameter order, each with
+//! its role. The roles are the vocabulary the model recorder uses too ([`InputRole`],
+//! [`OutputRole`]), so the graph, the manifest and the runner cannot drift apart.
+
+use crate::ir::DType;
+use crate::weights::WeightDecl;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The `format` string of this version of the contract.
+pub const FORMAT: &str = "phi3-neuron-manifest/2";
+
+/// Which tensor of a layer's KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvTensor {
+    Key,
+    Value,
+}
+
+impl KvTensor {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvTensor::Key => "key",
+            KvTensor::Value => "value",
+        }
+    }
+}
+
+/// What a graph input is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum InputRole {
+    /// `s32[B, S]` token ids.
+    InputIds,
+    /// `s32[B, S]` positions.
+    PositionIds,
+    /// A weight shard: `weight` names its entry in the manifest's `weights` table.
+    Weight { weight: String },
+    /// `s32[]`: the rank's index in the tensor-parallel group.
+    Rank,
+    /// A KV cache tensor of `layer`.
+    KvCache { layer: usize, tensor: KvTensor },
+}
+
+/// What a graph output is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum OutputRole {
+    /// `f32[B, V]` (or each rank's `[B, V_pad / t]` slice when left sharded).
+    Logits,
+    /// `s32[B]`: the on-device sampler's token.
+    NextToken,
+    /// The updated KV cache tensor, aliased to its input.
+    KvCache { layer: usize, tensor: KvTensor },
+}
+
+/// One graph input or output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoEntry<R> {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+    #[serde(flatten)]
+    pub role: R,
+    /// For an output: the input parameter whose buffer it reuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aliases_input: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphKind {
+    ContextEncoding,
+    TokenGeneration,
+}
+
+impl GraphKind {
+    pub fn short(self) -> &'static str {
+        match self {
+            GraphKind::ContextEncoding => "cte",
+            GraphKind::TokenGeneration => "tkg",
+        }
+    }
+}
+
+/// One graph of the set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphEntry {
+    pub name: String,
+    pub kind: GraphKind,
+    pub batch: i64,
+    /// Tokens per sequence in one call: the bucket length for context encoding, 1 for decode.
+    pub active_tokens: i64,
+    /// The KV cache length this graph reads and writes.
+    pub max_seq_len: i64,
+    pub dtype: DType,
+    /// False when the graph needs a Neuron-only custom call (the CPU plugin cannot run it).
+    pub runs_on_cpu: bool,
+    /// The knobs the graph was recorded with.
+    #[serde(default)]
+    pub options: serde_json::Value,
+    /// Files of the graph, relative to the manifest's folder (`.hlo.pb` first).
+    pub files: Vec<String>,
+    pub proto_sha256: String,
+    pub proto_bytes: usize,
+    pub compiler_flags: Vec<String>,
+    pub inputs: Vec<IoEntry<InputRole>>,
+    pub outputs: Vec<IoEntry<OutputRole>>,
+    /// Graph statistics and Neuron lint findings (informational).
+    #[serde(default)]
+    pub stats: serde_json::Value,
+    #[serde(default)]
+    pub neuron_lint: serde_json::Value,
+    /// Filled in by `--compile`.
+    #[serde(default)]
+    pub compile: serde_json::Value,
+}
+
+impl GraphEntry {
+    /// The `.hlo.pb` file, when the set was written with it.
+    pub fn proto_file(&self) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|f| f.ends_with(".hlo.pb"))
+            .map(String::as_str)
+    }
+}
+
+/// The model a set was built for, as far as a runtime needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub model_type: String,
+    pub num_hidden_layers: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    /// Hugging Face `generate`'s Phi-3 rule: when a sequence first grows past this many tokens
+    /// while its cache holds at most this many, the whole sequence is encoded again (LongRoPE
+    /// switches to its long factors). `None` for models without the rule.
+    pub reencode_past: Option<usize>,
+}
+
+/// The whole manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub tool: serde_json::Value,
+    pub model: ModelInfo,
+    pub tp_degree: i64,
+    pub replica_groups: Vec<Vec<i64>>,
+    pub dtype: DType,
+    /// The graph options (knobs) the set was recorded with, resolved.
+    pub options: serde_json::Value,
+    /// optimum-neuron / NxDI `neuron_config.json` fields that describe the set.
+    pub neuron_config: serde_json::Value,
+    pub input_conventions: serde_json::Value,
+    pub sharding: serde_json::Value,
+    /// Every weight input of every graph, declared once.
+    pub weights: Vec<WeightDecl>,
+    pub graphs: Vec<GraphEntry>,
+}
+
+/// A manifest that cannot be read or does not hold together; names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{}: not a valid manifest: {error}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        error: serde_json::Error,
+    },
+    #[error("{}: format is `{found}`, this tool reads `{FORMAT}`", path.display())]
+    Format { path: PathBuf, found: String },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read(path).map_err(|error| ManifestError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and checks a manifest's text; `path` names it in errors.
+    pub fn parse(text: &[u8], path: &Path) -> Result<Manifest, ManifestError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(text).map_err(|error| ManifestError::Json {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        let found = value
+            .get("format")
+            .and_then(|f| f.as_str())
+            .unwrap_or("")
+            .to_string();
+        if found != FORMAT {
+            return Err(ManifestError::Format {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        let m: Manifest = serde_json::from_value(value).map_err(|error| ManifestError::Json {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        m.check().map_err(|reason| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(m)
+    }
+
+    /// Internal consistency: every weight input names a declared weight of its shape and dtype.
+    fn check(&self) -> Result<(), String> {
+        for g in &self.graphs {
+            for i in &g.inputs {
+                if let InputRole::Weight { weight } = &i.role {
+                    let d = self.weight(weight).ok_or_else(|| {
+                        format!(
+                            "graph `{}` input `{}` names weight `{weight}`, which the weights table lacks",
+                            g.name, i.name
+                        )
+                    })?;
+                    let shape: Vec<i64> = d.shape.iter().map(|&x| x as i64).collect();
+                    if shape != i.shape || d.dtype != i.dtype {
+                        return Err(format!(
+                            "graph `{}` input `{}` is {}{:?}, its weight is declared {}{:?}",
+                            g.name, i.name, i.dtype, i.shape, d.dtype, d.shape
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn weight(&self, name: &str) -> Option<&WeightDecl> {
+        self.weights.iter().find(|w| w.name == name)
+    }
+
+    pub fn graph(&self, name: &str) -> Option<&GraphEntry> {
+        self.graphs.iter().find(|g| g.name == name)
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("manifests serialise") + "\n"
+    }
+}

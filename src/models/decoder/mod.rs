@@ -1,0 +1,149 @@
+//! What every decoder-only model shares: graph kinds, specs and knobs ([`spec`]); the
+//! recording context with its input roles ([`recorder`]); RoPE variants ([`rope`]); GQA
+//! attention, masks and cache writes ([`attention`]); the layers ([`layers`]); on-device
+//! sampling ([`sampling`]); and the graph driver ([`record_causal_lm`]) that declares a causal
+//! LM's inputs and caches, runs its forward and assembles the outputs.
+//!
+//! A model family (see `models::phi3`, `models::llama`) provides the modules, mirroring its
+//! Hugging Face modeling file, and implements [`DecoderModel`] so the rest of the tool (graph
+//! sets, manifests, sharding, benchmarks) can use it without knowing which family it is.
+
+pub mod attention;
+pub mod layers;
+pub mod recorder;
+pub mod rope;
+pub mod sampling;
+pub mod spec;
+
+pub use attention::KvCache;
+pub use layers::Logits;
+pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
+pub use spec::{CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl};
+
+use crate::dsl::{DType, OpError, Tensor};
+use crate::manifest::{InputRole, KvTensor, OutputRole};
+use crate::parallel::{DecoderSizes, ShardPlan, ShardPlanError};
+
+/// A decoder-only model the tool can record graphs for.
+pub trait DecoderModel: Send + Sync {
+    /// The embedded short name, or the path the config was read from.
+    fn name(&self) -> &str;
+    /// Hugging Face `model_type`.
+    fn model_type(&self) -> &'static str;
+    fn sizes(&self) -> DecoderSizes;
+    fn num_layers(&self) -> usize;
+    fn max_position_embeddings(&self) -> usize;
+    /// Hugging Face `generate`'s re-encode rule for this model, if it has one: see
+    /// [`crate::manifest::ModelInfo::reencode_past`].
+    fn reencode_past(&self) -> Option<usize> {
+        None
+    }
+    /// Whether the checkpoint stores Q|K|V and gate|up fused (what [`Fusion::Checkpoint`]
+    /// resolves to).
+    fn checkpoint_fusion(&self) -> (bool, bool);
+    /// The same model cut to `n` decoder layers (for quick experiments and small tests).
+    fn with_layers(&self, n: usize) -> Box<dyn DecoderModel>;
+    /// Records one graph for one rank of `plan`; the result is verified.
+    fn record(&self, plan: &ShardPlan, spec: &GraphSpec) -> Result<RecordedGraph, BuildError>;
+
+    /// The tensor-parallel plan of this model at `tp`.
+    fn plan(&self, tp: i64) -> Result<ShardPlan, ShardPlanError> {
+        ShardPlan::new(self.name(), &self.sizes(), tp)
+    }
+}
+
+/// The top module of a causal LM (`*ForCausalLM`): from token ids and positions to the logits
+/// of each sequence's last position, updating the caches.
+pub trait CausalLm {
+    fn forward(
+        &self,
+        cx: &Recorder<'_>,
+        ids: &Tensor,
+        pos: &Tensor,
+        caches: &[KvCache],
+    ) -> Result<(Logits, Vec<KvCache>), OpError>;
+}
+
+/// Records one graph of a causal LM. Inputs, in parameter order:
+/// 1. `input_ids s32[B,S]`, `position_ids s32[B,S]`;
+/// 2. the weights, as `build` declares them (each the rank's shard);
+/// 3. `rank s32[]`, only for on-device greedy sampling over vocab-sharded logits;
+/// 4. the KV caches `K_0, V_0, K_1, V_1, ...`, each `[B, kv_heads_per_rank, S_max, head_dim]`.
+///
+/// Outputs: `logits f32[B, V]` (or `[B, V_pad/t]` when left sharded), then `next_token
+/// s32[B]` when greedy sampling is on, then the updated caches, each aliased to its input.
+pub fn record_causal_lm<M: CausalLm>(
+    model: &str,
+    layers: usize,
+    plan: &ShardPlan,
+    spec: &GraphSpec,
+    build: impl FnOnce(&mut Recorder<'_>) -> Result<M, BuildError>,
+) -> Result<RecordedGraph, BuildError> {
+    let bad = |reason: String| {
+        Err(BuildError::Spec {
+            model: model.to_string(),
+            graph: spec.name(),
+            reason,
+        })
+    };
+    if spec.batch < 1 || spec.seq_len < 1 {
+        return bad("batch and sequence length must be at least 1".into());
+    }
+    if spec.seq_len > spec.max_seq_len {
+        return bad(format!(
+            "bucket {} is larger than the max sequence length {}",
+            spec.seq_len, spec.max_seq_len
+        ));
+    }
+    let mut cx = Recorder::new(spec, plan);
+    let (bsz, s, smax) = (spec.batch, spec.seq_len, spec.max_seq_len);
+    let ids = cx.input("input_ids", DType::S32, &[bsz, s], InputRole::InputIds)?;
+    let pos = cx.input(
+        "position_ids",
+        DType::S32,
+        &[bsz, s],
+        InputRole::PositionIds,
+    )?;
+    let lm = build(&mut cx)?;
+    let sharded_greedy = spec.options.on_device_greedy && !spec.options.gather_logits;
+    let rank = if sharded_greedy {
+        Some(cx.input("rank", DType::S32, &[], InputRole::Rank)?)
+    } else {
+        None
+    };
+    let kv_dims = [bsz, plan.kv_heads_per_rank, smax, plan.head_dim];
+    let mut caches = Vec::with_capacity(layers);
+    for layer in 0..layers {
+        let mut kv = Vec::with_capacity(2);
+        for tensor in [KvTensor::Key, KvTensor::Value] {
+            let name = format!("past_key_values.{layer}.{}", tensor.name());
+            let role = InputRole::KvCache { layer, tensor };
+            kv.push(cx.input(&name, spec.dtype, &kv_dims, role)?);
+        }
+        caches.push(KvCache {
+            value: kv.pop().expect("two tensors"),
+            key: kv.pop().expect("two tensors"),
+        });
+    }
+
+    let (logits, new_caches) = lm.forward(&cx, &ids, &pos, &caches)?;
+
+    let mut outputs: Vec<(Tensor, OutputRole, String)> = Vec::new();
+    outputs.push((logits.tensor().clone(), OutputRole::Logits, "logits".into()));
+    if spec.options.on_device_greedy {
+        let next = sampling::greedy(&cx, &logits, rank.as_ref())?;
+        outputs.push((next, OutputRole::NextToken, "next_token".into()));
+    }
+    let mut aliases = Vec::with_capacity(2 * layers);
+    for (layer, (new, old)) in new_caches.into_iter().zip(&caches).enumerate() {
+        for (tensor, t, input) in [
+            (KvTensor::Key, new.key, &old.key),
+            (KvTensor::Value, new.value, &old.value),
+        ] {
+            let name = format!("past_key_values.{layer}.{}", tensor.name());
+            aliases.push((outputs.len(), input.clone()));
+            outputs.push((t, OutputRole::KvCache { layer, tensor }, name));
+        }
+    }
+    cx.finish(outputs, aliases)
+}
