@@ -218,30 +218,31 @@ impl Manifest {
             path: path.to_path_buf(),
             error,
         })?;
-        m.check().map_err(|reason| ManifestError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        m.check(path)?;
         Ok(m)
     }
 
     /// Internal consistency: every weight input names a declared weight of its shape and dtype.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, path: &Path) -> Result<(), ManifestError> {
+        let invalid = |reason: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
         for g in &self.graphs {
             for i in &g.inputs {
                 if let InputRole::Weight { weight } = &i.role {
                     let d = self.weight(weight).ok_or_else(|| {
-                        format!(
+                        invalid(format!(
                             "graph `{}` input `{}` names weight `{weight}`, which the weights table lacks",
                             g.name, i.name
-                        )
+                        ))
                     })?;
                     let shape: Vec<i64> = d.shape.iter().map(|&x| x as i64).collect();
                     if shape != i.shape || d.dtype != i.dtype {
-                        return Err(format!(
+                        return Err(invalid(format!(
                             "graph `{}` input `{}` is {}{:?}, its weight is declared {}{:?}",
                             g.name, i.name, i.dtype, i.shape, d.dtype, d.shape
-                        ));
+                        )));
                     }
                 }
             }

@@ -8,7 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi3_neuron::build::manifest::{graph_entry, manifest, weights_table, GraphArtifact, SetInfo};
 use phi3_neuron::build::set::build_all;
-use phi3_neuron::build::{default_jobs, to_dot, BuiltGraph};
+use phi3_neuron::build::{default_jobs, to_dot, BuiltGraph, SetError};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::files::{remove_stale_temporaries, write_atomic};
 use phi3_neuron::models::decoder::{
@@ -318,12 +318,12 @@ fn run(args: Args) -> Result<(), String> {
     }
     // Each graph is written as soon as it is built, then its proto is dropped: holding every
     // module of a large set until the end would multiply peak memory by the set's size.
-    let write_files = |b: &BuiltGraph| -> Result<Vec<String>, String> {
+    let write_files = |b: &BuiltGraph| -> Result<Vec<String>, SetError> {
         let name = b.recorded.spec.name();
         let mut files = Vec::new();
-        let mut write = |file: String, bytes: &[u8]| -> Result<(), String> {
+        let mut write = |file: String, bytes: &[u8]| -> Result<(), SetError> {
             let path = dir.join(&file);
-            write_atomic(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            write_atomic(&path, bytes).map_err(|error| SetError::Write { path, error })?;
             files.push(file);
             Ok(())
         };
@@ -355,7 +355,7 @@ fn run(args: Args) -> Result<(), String> {
     );
     progress.finish_and_clear();
     let (built, files_per_graph): (Vec<BuiltGraph>, Vec<Vec<String>>) =
-        built_all?.into_iter().unzip();
+        built_all.map_err(|e| e.to_string())?.into_iter().unzip();
     let flags: Vec<Vec<String>> = built
         .iter()
         .map(|b| {
@@ -398,7 +398,7 @@ fn run(args: Args) -> Result<(), String> {
             },
         ));
     }
-    let weights = weights_table(&built.iter().collect::<Vec<_>>())?;
+    let weights = weights_table(&built.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
     let max_len = specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0);
     let set = SetInfo {
         model: model.as_ref(),

@@ -2,7 +2,7 @@
 //! inputs and outputs with their roles, the set-level weights table, the tensor-parallel
 //! layout, the knobs, the compiler flags and the hash of each proto.
 
-use super::BuiltGraph;
+use super::{BuiltGraph, SetError};
 use crate::manifest::{GraphEntry, IoEntry, Manifest, ModelInfo, FORMAT};
 use crate::models::decoder::{DecoderModel, GraphOptions};
 use crate::neuron::lint::Finding;
@@ -125,23 +125,23 @@ pub struct SetInfo<'a> {
 
 /// The weights every graph of `built` reads, each declared once (in first-use order). Two
 /// graphs that declare one name differently are a bug in the recorder: reported, not merged.
-pub fn weights_table(built: &[&BuiltGraph]) -> Result<Vec<WeightDecl>, String> {
+pub fn weights_table(built: &[&BuiltGraph]) -> Result<Vec<WeightDecl>, SetError> {
     let mut table: Vec<WeightDecl> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    // Weight name → (index into the table, the graph that declared it first).
+    let mut index: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for b in built {
         for d in &b.recorded.weights {
             match index.get(&d.name) {
-                Some(&i) if table[i] != *d => {
-                    return Err(format!(
-                        "graphs declare weight `{}` differently ({} vs {})",
-                        d.name,
-                        b.recorded.spec.name(),
-                        built[0].recorded.spec.name()
-                    ))
+                Some((i, first)) if table[*i] != *d => {
+                    return Err(SetError::InconsistentWeight {
+                        weight: d.name.clone(),
+                        first: first.clone(),
+                        second: b.recorded.spec.name(),
+                    })
                 }
                 Some(_) => {}
                 None => {
-                    index.insert(d.name.clone(), table.len());
+                    index.insert(d.name.clone(), (table.len(), b.recorded.spec.name()));
                     table.push(d.clone());
                 }
             }

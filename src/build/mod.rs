@@ -20,6 +20,28 @@ use crate::parallel::ShardPlan;
 use prost::Message;
 use std::time::Instant;
 
+/// Why a graph set could not be built or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("{}: {error}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    /// Two graphs of one set declare a weight differently: a recorder bug, never merged.
+    #[error("weight `{weight}` is declared differently by graphs `{first}` and `{second}`")]
+    InconsistentWeight {
+        weight: String,
+        first: String,
+        second: String,
+    },
+    #[error("{0}")]
+    Manifest(#[from] crate::manifest::ManifestError),
+}
+
 pub struct BuiltGraph {
     pub recorded: RecordedGraph,
     pub proto: xla_proto::HloModuleProto,

@@ -22,6 +22,8 @@ pub enum SessionError {
     #[error("{0}")]
     Build(#[from] BuildError),
     #[error("{0}")]
+    Set(#[from] super::SetError),
+    #[error("{0}")]
     Weights(#[from] WeightsError),
     #[error("{0}")]
     Run(#[from] RunError),

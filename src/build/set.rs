@@ -4,16 +4,16 @@
 //! convenience path run without touching the disk.
 
 use super::manifest::{graph_entry, manifest, weights_table, GraphArtifact, SetInfo};
-use super::{build_graph, default_jobs, BuiltGraph};
+use super::{build_graph, default_jobs, BuiltGraph, SetError};
 use crate::manifest::Manifest;
-use crate::models::decoder::{BuildError, DecoderModel, GraphSpec};
+use crate::models::decoder::{DecoderModel, GraphSpec};
 use crate::neuron::{default_compiler_flags, Target};
 use crate::parallel::ShardPlan;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Writes one built graph's files; returns their names (relative to the set's folder).
-pub type WriteFiles<'a> = dyn Fn(&BuiltGraph) -> Result<Vec<String>, String> + Sync + 'a;
+pub type WriteFiles<'a> = dyn Fn(&BuiltGraph) -> Result<Vec<String>, SetError> + Sync + 'a;
 
 /// Builds every graph of `specs`, `jobs` at a time (default: one per core), keeping the input
 /// order. Each graph goes through `write` and is then slimmed to its summary; `progress` is
@@ -25,12 +25,12 @@ pub fn build_all(
     jobs: Option<usize>,
     write: &WriteFiles<'_>,
     progress: &(dyn Fn() + Sync),
-) -> Result<Vec<(BuiltGraph, Vec<String>)>, String> {
+) -> Result<Vec<(BuiltGraph, Vec<String>)>, SetError> {
     let jobs = jobs
         .unwrap_or_else(default_jobs)
         .clamp(1, specs.len().max(1));
     let next = Mutex::new(0usize);
-    type Slot = Option<Result<(BuiltGraph, Vec<String>), String>>;
+    type Slot = Option<Result<(BuiltGraph, Vec<String>), SetError>>;
     let results: Mutex<Vec<Slot>> = Mutex::new((0..specs.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
@@ -43,7 +43,7 @@ pub fn build_all(
                 };
                 let Some(spec) = specs.get(i) else { break };
                 let r = build_graph(model, plan, spec)
-                    .map_err(|e| e.to_string())
+                    .map_err(SetError::from)
                     .and_then(|mut b| {
                         let files = write(&b)?;
                         b.drop_module();
@@ -75,17 +75,13 @@ pub fn memory_set(
     plan: &ShardPlan,
     specs: &[GraphSpec],
     target: Target,
-) -> Result<MemorySet, BuildError> {
+) -> Result<MemorySet, SetError> {
     let mut built = Vec::with_capacity(specs.len());
     for spec in specs {
         built.push(build_graph(model, plan, spec)?);
     }
     let refs: Vec<&BuiltGraph> = built.iter().collect();
-    let weights = weights_table(&refs).map_err(|reason| BuildError::Spec {
-        model: model.name().to_string(),
-        graph: "set".into(),
-        reason,
-    })?;
+    let weights = weights_table(&refs)?;
     let entries = built
         .iter()
         .map(|b| {
@@ -118,12 +114,7 @@ pub fn memory_set(
     let manifest = Manifest::parse(
         text.as_bytes(),
         std::path::Path::new("<memory>/manifest.json"),
-    )
-    .map_err(|e| BuildError::Spec {
-        model: model.name().to_string(),
-        graph: "set".into(),
-        reason: e.to_string(),
-    })?;
+    )?;
     let protos = built
         .into_iter()
         .map(|b| (b.recorded.spec.name(), b.bytes))

@@ -558,8 +558,21 @@ impl Tensor {
     }
 }
 
+/// Two sizes of one aligned dim that neither equal each other nor are 1.
+struct Conflict {
+    dim: usize,
+    a: i64,
+    b: i64,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dim {} has sizes {} and {}", self.dim, self.a, self.b)
+    }
+}
+
 /// Numpy broadcast of several shapes: align from the right; each dim equal or 1.
-fn broadcast_dims(shapes: &[&[i64]]) -> Result<Vec<i64>, String> {
+fn broadcast_dims(shapes: &[&[i64]]) -> Result<Vec<i64>, Conflict> {
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut out = vec![1i64; rank];
     for s in shapes {
@@ -569,18 +582,22 @@ fn broadcast_dims(shapes: &[&[i64]]) -> Result<Vec<i64>, String> {
             if *o == 1 {
                 *o = d;
             } else if d != 1 && d != *o {
-                return Err(format!("dim {} has sizes {} and {d}", offset + i, *o));
+                return Err(Conflict {
+                    dim: offset + i,
+                    a: *o,
+                    b: d,
+                });
             }
         }
     }
     Ok(out)
 }
 
-fn bad_broadcast(a: &Tensor, b: &Tensor, reason: String) -> ShapeError {
+fn bad_broadcast(a: &Tensor, b: &Tensor, conflict: Conflict) -> ShapeError {
     ShapeError::BadBroadcast {
         from: a.ty.clone(),
         to: b.ty.to_string(),
-        reason,
+        reason: conflict.to_string(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The Phi-3 graphs match Hugging Face transformers on every committed fixture (small
-//! random-weight models made by `tools/make-fixtures`), at tensor-parallel degrees 1, 2 and 4
+//! The graphs match Hugging Face transformers on every committed fixture (small random-weight
+//! Phi-3 and Llama models made by `tools/make-fixtures`), at tensor-parallel degrees 1, 2 and 4
 //! on the PJRT CPU plugin's in-process devices, with real collectives.
 //!
 //! f32: last-position logits within 1e-4 of HF, greedy continuations identical. The fixtures'
@@ -18,7 +18,7 @@ use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{CacheWrite, Fusion, GraphOptions, GraphSpec, LinearForm};
 use phi3_neuron::models::phi3::Phi3Config;
-use phi3_neuron::models::DecoderModel;
+use phi3_neuron::models::{from_file, DecoderModel};
 use std::path::{Path, PathBuf};
 
 const FIXTURES: &[&str] = &[
@@ -31,6 +31,10 @@ const FIXTURES: &[&str] = &[
     "sliding_window",
     "tied",
 ];
+
+/// `LlamaForCausalLM` fixtures: llama3 RoPE with GQA; head_dim != hidden/heads with biases,
+/// tied embeddings and CONVERT_TO_MHA.
+const LLAMA_FIXTURES: &[&str] = &["llama_gqa", "llama_bias_tied"];
 
 struct Case {
     prompt: Vec<i32>,
@@ -98,7 +102,7 @@ fn check(
     options: &GraphOptions,
 ) {
     let dir = fixture_dir(fixture);
-    let cfg = Phi3Config::from_file(&dir.join("config.json")).unwrap();
+    let cfg = from_file(&dir.join("config.json")).unwrap();
     if let Err(e) = cfg.plan(tp) {
         panic!("{fixture} must shard at tp={tp}: {e}");
     }
@@ -347,5 +351,39 @@ fn batched_decode_cache_writes_agree() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn llama_f32_matches_hf_at_tp1_2_4() {
+    for f in LLAMA_FIXTURES {
+        for tp in [1, 2, 4] {
+            check(f, tp, DType::F32, 1e-4, 16, &GraphOptions::default());
+        }
+    }
+}
+
+#[test]
+fn llama_bf16_stays_close_to_hf() {
+    for f in LLAMA_FIXTURES {
+        for tp in [1, 2, 4] {
+            check(f, tp, DType::BF16, 0.03, 8, &GraphOptions::default());
+        }
+    }
+}
+
+/// Stacking Llama's separate q/k/v and gate/up tensors into fused graph weights (and the CPU
+/// preset's forms) keeps the numerics, with padded heads (tp 4) and padded vocab (tp 3).
+#[test]
+fn llama_fused_projections_keep_the_numerics() {
+    let fused = GraphOptions {
+        qkv: Fusion::Fused,
+        gate_up: Fusion::Fused,
+        ..GraphOptions::default()
+    };
+    for options in [fused, GraphOptions::cpu()] {
+        check("llama_bias_tied", 4, DType::F32, 1e-4, 16, &options);
+        check("llama_gqa", 2, DType::F32, 1e-4, 16, &options);
+        check("llama_bias_tied", 3, DType::F32, 1e-4, 16, &options);
     }
 }
