@@ -40,6 +40,12 @@ pub enum InputRole {
     InputIds,
     /// `s32[B, S]` positions.
     PositionIds,
+    /// `s32[B]`: the KV-cache row of each batch row.
+    SeqIds,
+    /// `f32[B, 3]`: per row (top_k, top_p, temperature) for the on-device sampler.
+    SamplingParams,
+    /// `f32[B]`: one uniform in [0, 1) per row, drawn by the host.
+    SamplingUniform,
     /// A weight shard: `weight` names its entry in the manifest's `weights` table.
     Weight { weight: String },
     /// `s32[]`: the rank's index in the tensor-parallel group.
@@ -95,6 +101,9 @@ pub struct GraphEntry {
     pub name: String,
     pub kind: GraphKind,
     pub batch: i64,
+    /// Context encoding: the prompt positions it holds (`0..bucket`). Token generation: the
+    /// cache positions it attends to (`0..bucket`).
+    pub bucket: i64,
     /// Tokens per sequence in one call: the bucket length for context encoding, 1 for decode.
     pub active_tokens: i64,
     /// The KV cache length this graph reads and writes.
@@ -144,6 +153,54 @@ pub struct ModelInfo {
     /// while its cache holds at most this many, the whole sequence is encoded again (LongRoPE
     /// switches to its long factors). `None` for models without the rule.
     pub reencode_past: Option<usize>,
+    /// `config.json`'s `eos_token_id` (a runtime may prefer `generation_config.json`).
+    #[serde(default)]
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The KV state every graph of the set takes and returns (aliased): per layer a key and a
+/// value tensor of `shape`, zero-initialised by the runtime.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KvState {
+    /// `[max_batch_size, kv_heads_per_rank, max_seq_len, head_dim]`.
+    pub shape: Vec<i64>,
+    pub dtype: DType,
+    pub layers: usize,
+    pub max_batch_size: i64,
+    pub max_seq_len: i64,
+}
+
+/// The set's buckets per graph kind, and the rule for choosing one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Buckets {
+    pub context_encoding: Vec<i64>,
+    pub token_generation: Vec<i64>,
+    /// Batch rows per call of each kind.
+    pub ctx_batch_size: i64,
+    pub tkg_batch_size: i64,
+    /// In words, for a runtime writer.
+    pub rule: serde_json::Value,
+}
+
+impl Buckets {
+    /// The smallest context-encoding bucket that holds a prompt of `len` tokens.
+    pub fn context_encoding_for(&self, len: usize) -> Option<i64> {
+        self.context_encoding
+            .iter()
+            .copied()
+            .filter(|&b| b as usize >= len)
+            .min()
+    }
+
+    /// The smallest token-generation bucket that holds position `furthest` (the largest
+    /// position of the batch), i.e. `furthest + 1` cache positions.
+    pub fn token_generation_for(&self, furthest: usize) -> Option<i64> {
+        self.token_generation
+            .iter()
+            .copied()
+            .filter(|&b| b as usize > furthest)
+            .min()
+    }
 }
 
 /// The whole manifest.
@@ -161,6 +218,8 @@ pub struct Manifest {
     pub neuron_config: serde_json::Value,
     pub input_conventions: serde_json::Value,
     pub sharding: serde_json::Value,
+    pub kv_state: KvState,
+    pub buckets: Buckets,
     /// Every weight input of every graph, declared once.
     pub weights: Vec<WeightDecl>,
     pub graphs: Vec<GraphEntry>,
@@ -256,6 +315,13 @@ impl Manifest {
 
     pub fn graph(&self, name: &str) -> Option<&GraphEntry> {
         self.graphs.iter().find(|g| g.name == name)
+    }
+
+    /// The graph of `kind` and `bucket`.
+    pub fn graph_for(&self, kind: GraphKind, bucket: i64) -> Option<&GraphEntry> {
+        self.graphs
+            .iter()
+            .find(|g| g.kind == kind && g.bucket == bucket)
     }
 
     pub fn to_json_pretty(&self) -> String {

@@ -88,13 +88,15 @@ fn builds_a_graph_set_with_manifest_and_reruns_identically() {
     let inputs = tkg["inputs"].as_array().unwrap();
     assert_eq!(inputs[0]["role"], "input_ids");
     assert_eq!(inputs[1]["role"], "position_ids");
-    // Weights are declared once, in the set's table: the embedding is cut by columns.
-    assert_eq!(inputs[2]["role"], "weight");
+    assert_eq!(inputs[2]["role"], "seq_ids");
+    // Weights are declared once, in the set's table: the first, the embedding, is cut by
+    // columns.
+    let first_weight = inputs.iter().find(|i| i["role"] == "weight").unwrap();
     let embed = manifest["weights"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|w| w["name"] == inputs[2]["weight"])
+        .find(|w| w["name"] == first_weight["weight"])
         .unwrap();
     assert_eq!(
         embed["parts"][0]["checkpoint_key"],

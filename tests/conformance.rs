@@ -745,6 +745,42 @@ fn argmax_first_index_among_ties() {
 }
 
 #[test]
+fn stable_sort_and_logic_ops() {
+    #[rustfmt::skip]
+    let x: Vec<f32> = vec![
+        1.0, 3.0, 2.0, 3.0, -1.0,
+        0.5, 0.5, 4.0, -2.0, 0.5,
+    ];
+    let out = run(
+        &graphs::sort_logic(),
+        &[
+            input(x, &[2, 5]),
+            input(vec![true, true, false, false], &[4]),
+            input(vec![true, false, true, false], &[4]),
+            input(vec![0b1100i32, -1, 7], &[3]),
+            input(vec![0b1010i32, 5, 0], &[3]),
+        ],
+    );
+    assert_eq!(
+        read::<f32>(&out[0], &[2, 5]),
+        [3.0, 3.0, 2.0, 1.0, -1.0, 4.0, 0.5, 0.5, 0.5, -2.0]
+    );
+    // Ties keep their order: the 3.0s at 1 and 3, the 0.5s at 0, 1 and 4.
+    assert_eq!(
+        read::<i32>(&out[1], &[2, 5]),
+        [1, 3, 2, 0, 4, 2, 0, 1, 4, 3]
+    );
+    assert_eq!(
+        read::<f32>(&out[2], &[2, 5]),
+        [0.5, 0.5, 2.0, -2.0, -1.0, 1.0, 3.0, 4.0, 3.0, 0.5]
+    );
+    assert_eq!(read::<bool>(&out[3], &[4]), [true, false, false, false]);
+    assert_eq!(read::<bool>(&out[4], &[4]), [true, true, true, false]);
+    assert_eq!(read::<i32>(&out[5], &[3]), [0b1000, 5, 0]);
+    assert_eq!(read::<i32>(&out[6], &[3]), [0b1110, -1, 7]);
+}
+
+#[test]
 fn tuple_and_get_tuple_element() {
     let (x, y) = (vec![1.5f32, -2.0], vec![3.0f32, 4.0, -5.25]);
     let out = run(&graphs::tuple(), &[input(x, &[2]), input(y.clone(), &[3])]);

@@ -16,7 +16,9 @@
 
 use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
-use phi3_neuron::models::decoder::{CacheWrite, Fusion, GraphOptions, GraphSpec, LinearForm};
+use phi3_neuron::models::decoder::{
+    CacheWrite, Fusion, GraphOptions, GraphSpec, LinearForm, Sampling,
+};
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
 use std::path::{Path, PathBuf};
@@ -198,7 +200,7 @@ fn knobs_keep_the_numerics() {
         (
             "on-device greedy, gathered logits",
             GraphOptions {
-                on_device_greedy: true,
+                sampling: Sampling::Greedy,
                 ..default.clone()
             },
         ),
@@ -213,7 +215,7 @@ fn knobs_keep_the_numerics() {
             "on-device greedy over vocab-sharded logits",
             GraphOptions {
                 gather_logits: false,
-                on_device_greedy: true,
+                sampling: Sampling::Greedy,
                 ..default.clone()
             },
         ),
@@ -283,6 +285,7 @@ fn batched_decode_cache_writes_agree() {
             .unwrap();
         let mut weight_iter = shard.tensors.iter();
         let ids_buf = client.buffer_from_slice(&ids, &[2, 1], 0).unwrap();
+        let seq_buf = client.buffer_from_slice(&[0i32, 1], &[2], 0).unwrap();
         let pos_buf = client.buffer_from_slice(&pos, &[2, 1], 0).unwrap();
         let mut owned = Vec::new();
         let mut kv = 0;
@@ -313,6 +316,7 @@ fn batched_decode_cache_writes_agree() {
             .map(|(input, buf)| match input.role {
                 InputRole::InputIds => Arg::Borrow(&ids_buf),
                 InputRole::PositionIds => Arg::Borrow(&pos_buf),
+                InputRole::SeqIds => Arg::Borrow(&seq_buf),
                 _ => Arg::Borrow(buf),
             })
             .collect();

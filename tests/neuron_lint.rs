@@ -3,7 +3,7 @@
 
 use phi3_neuron::dsl::*;
 use phi3_neuron::hlo::{lower, LowerOptions};
-use phi3_neuron::models::decoder::{CacheWrite, GraphSpec, NormImpl};
+use phi3_neuron::models::decoder::{CacheWrite, GraphSpec, NormImpl, Sampling};
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::DecoderModel;
 use phi3_neuron::neuron::lint::{lint, Allowance, Finding};
@@ -41,7 +41,7 @@ fn default_graphs_are_clean_apart_from_the_allow_list() {
 #[test]
 fn knobs_outside_the_safe_set_are_flagged() {
     let mut spec = GraphSpec::token_generation(1, 256, DType::BF16);
-    spec.options.on_device_greedy = true;
+    spec.options.sampling = Sampling::Greedy;
     let f = flagged(&findings(&spec, 2));
     assert!(f.iter().any(|m| m.contains("variadic reduce")), "{f:#?}");
 

@@ -24,6 +24,74 @@ pub struct Buffer {
     ty: ElementType,
     dims: Vec<i64>,
     device: usize,
+    /// Host memory the plugin may be using as the buffer's storage (zero-copy), with the event
+    /// that says when it no longer does; freed after the buffer.
+    host: Option<(HostBytes, *mut sys::PJRT_Event)>,
+}
+
+/// Host memory aligned for zero-copy device buffers (64 bytes, XLA:CPU's minimum alignment),
+/// filled by the caller, then handed to [`Client::buffer_from_host_bytes`].
+pub struct HostBytes {
+    ptr: ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `HostBytes` owns its allocation exclusively, like a `Vec<u8>`.
+unsafe impl Send for HostBytes {}
+// SAFETY: as above; shared access is read-only.
+unsafe impl Sync for HostBytes {}
+
+const HOST_ALIGN: usize = 64;
+
+impl HostBytes {
+    /// `len` zeroed bytes.
+    pub fn zeroed(len: usize) -> HostBytes {
+        if len == 0 {
+            return HostBytes {
+                ptr: ptr::NonNull::dangling(),
+                len: 0,
+            };
+        }
+        let layout = std::alloc::Layout::from_size_align(len, HOST_ALIGN).expect("valid layout");
+        // SAFETY: non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        HostBytes { ptr, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address of the first byte.
+    pub fn address(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+}
+
+impl Drop for HostBytes {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            let layout =
+                std::alloc::Layout::from_size_align(self.len, HOST_ALIGN).expect("valid layout");
+            // SAFETY: allocated in `zeroed` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
 }
 
 // SAFETY: see the type-level docs (PJRT buffers are thread-safe; `Buffer` has no `&self` mutation).
@@ -49,6 +117,12 @@ impl Drop for Buffer {
         // SAFETY: we own `raw` and destroy it once. Destroying a donated (already deleted) buffer
         // is allowed: it frees only the handle. Errors cannot be reported from `drop`.
         let _ = unsafe { api.check((api.fns.PJRT_Buffer_Destroy)(&mut args)) };
+        if let Some((bytes, event)) = self.host.take() {
+            // The plugin signals when it is done with the memory; only then may it be freed.
+            // SAFETY: the event is ours and awaited once.
+            let _ = unsafe { api.await_and_destroy_event(event) };
+            drop(bytes);
+        }
     }
 }
 
@@ -69,6 +143,7 @@ impl Buffer {
             ty: ElementType::Pred,
             dims: Vec::new(),
             device: 0,
+            host: None,
         };
         let api = client.api();
 
@@ -118,6 +193,31 @@ impl Buffer {
     /// by `self`.
     pub fn as_raw(&self) -> *mut sys::PJRT_Buffer {
         self.raw
+    }
+
+    /// Whether the buffer's storage may be host memory handed over with
+    /// [`Client::buffer_from_host_bytes`] (such a buffer cannot be donated).
+    pub fn is_host_backed(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// The buffer's address in device memory (`PJRT_Buffer_UnsafePointer`; host memory on the
+    /// CPU plugin): for checking that a donated buffer came back in place, or that a host
+    /// allocation is used without a copy.
+    pub fn device_pointer(&self) -> Result<usize> {
+        let api = self.client.api();
+        let f = api.optional.PJRT_Buffer_UnsafePointer.ok_or_else(|| {
+            api.missing(
+                "PJRT_Buffer_UnsafePointer",
+                std::mem::offset_of!(sys::PJRT_Api, PJRT_Buffer_UnsafePointer)
+                    + std::mem::size_of::<sys::PJRT_Buffer_UnsafePointer>(),
+            )
+        })?;
+        let mut args: sys::PJRT_Buffer_UnsafePointer_Args = new_args();
+        args.buffer = self.raw;
+        // SAFETY: live buffer.
+        unsafe { api.check(f(&mut args))? };
+        Ok(args.buffer_pointer)
     }
 
     /// Copies the buffer to host memory (dense, row-major), waiting for any pending computation
@@ -251,10 +351,75 @@ impl Client {
             ty,
             dims: dims.to_vec(),
             device,
+            host: None,
         };
         // SAFETY: the event (if any) is ours.
         unsafe { api.await_and_destroy_event(args.done_with_host_buffer)? };
         Ok(buffer)
+    }
+
+    /// A buffer holding `bytes` (dense, row-major), with the memory handed over: a plugin that
+    /// can (XLA:CPU, for aligned dense arrays) uses it as the buffer's storage with no copy
+    /// (`kImmutableZeroCopy`); otherwise it copies and the memory is freed with the buffer.
+    /// Either way the host holds one copy of the data, not two.
+    pub fn buffer_from_host_bytes(
+        &self,
+        bytes: HostBytes,
+        ty: ElementType,
+        dims: &[i64],
+        device: usize,
+    ) -> Result<Buffer> {
+        let inner = &self.inner;
+        let api = inner.api();
+        let dev = inner.devices.get(device).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "device index {device} out of range: the client has {} addressable devices",
+                inner.devices.len()
+            ))
+        })?;
+        let expected = checked_element_count(dims)?
+            .checked_mul(ty.byte_size())
+            .ok_or_else(|| Error::InvalidArgument(format!("byte size of {dims:?} overflows")))?;
+        if bytes.len() != expected {
+            return Err(Error::InvalidArgument(format!(
+                "{ty}{dims:?} needs {expected} bytes, got {}",
+                bytes.len()
+            )));
+        }
+        let mut args: sys::PJRT_Client_BufferFromHostBuffer_Args = new_args();
+        args.client = inner.raw;
+        args.data = bytes.as_slice().as_ptr().cast();
+        args.type_ = ty.to_pjrt();
+        args.dims = dims.as_ptr();
+        args.num_dims = dims.len();
+        args.byte_strides = ptr::null();
+        args.host_buffer_semantics =
+            sys::PJRT_HostBufferSemantics::PJRT_HostBufferSemantics_kImmutableZeroCopy;
+        args.device = dev.raw;
+        // SAFETY: `bytes` stays alive (owned by the returned buffer) until the plugin's
+        // done-with-host-buffer event fires, which `Buffer::drop` awaits before freeing it.
+        unsafe { api.check((api.fns.PJRT_Client_BufferFromHostBuffer)(&mut args))? };
+        let event = args.done_with_host_buffer;
+        // A plugin that copied is done with the memory already: free it now rather than hold a
+        // second copy for the buffer's lifetime.
+        // SAFETY: the event (if any) is ours and live.
+        let copied = event.is_null() || unsafe { api.event_is_ready(event) };
+        let host = if copied {
+            // SAFETY: the event is ours; consumed once.
+            unsafe { api.await_and_destroy_event(event)? };
+            drop(bytes);
+            None
+        } else {
+            Some((bytes, event))
+        };
+        Ok(Buffer {
+            client: Arc::clone(inner),
+            raw: args.buffer,
+            ty,
+            dims: dims.to_vec(),
+            device,
+            host,
+        })
     }
 
     /// Typed form of [`Client::buffer_from_host`]; `data.len()` must equal the element count.

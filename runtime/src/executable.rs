@@ -236,10 +236,45 @@ impl Client {
         args.compile_options_size = compile_options.len();
         // SAFETY: all pointers reference locals that outlive the call; options are validated.
         unsafe { api.check((api.fns.PJRT_Client_Compile)(&mut args))? };
+        self.finish_loaded(args.executable, info)
+    }
+
+    /// Loads an executable that [`LoadedExecutable::serialize`] wrote (with the same plugin
+    /// and version), skipping the compile. `module` is the serialized `HloModuleProto` it was
+    /// compiled from, which the runtime reads for its aliasing and parameter shapes.
+    pub fn load_serialized(&self, serialized: &[u8], module: &[u8]) -> Result<LoadedExecutable> {
+        let info = ModuleInfo::of(&HloModuleProto::decode(module)?);
+        let api = self.inner.api();
+        let f = api
+            .optional
+            .PJRT_Executable_DeserializeAndLoad
+            .ok_or_else(|| {
+                api.missing(
+                    "PJRT_Executable_DeserializeAndLoad",
+                    std::mem::offset_of!(sys::PJRT_Api, PJRT_Executable_DeserializeAndLoad)
+                        + std::mem::size_of::<sys::PJRT_Executable_DeserializeAndLoad>(),
+                )
+            })?;
+        let mut args: sys::PJRT_Executable_DeserializeAndLoad_Args = new_args();
+        args.client = self.inner.raw;
+        args.serialized_executable = serialized.as_ptr().cast();
+        args.serialized_executable_size = serialized.len();
+        // SAFETY: the bytes outlive the call; no compile-option override.
+        unsafe { api.check(f(&mut args))? };
+        self.finish_loaded(args.loaded_executable, info)
+    }
+
+    /// Takes ownership of a loaded executable and reads its devices and output count.
+    fn finish_loaded(
+        &self,
+        raw: *mut sys::PJRT_LoadedExecutable,
+        info: ModuleInfo,
+    ) -> Result<LoadedExecutable> {
+        let api = self.inner.api();
         // Owned from here on, so any failure below still destroys it.
         let mut exe = LoadedExecutable {
             client: Arc::clone(&self.inner),
-            raw: args.executable,
+            raw,
             devices: Vec::new(),
             num_outputs: 0,
             info,
@@ -308,6 +343,53 @@ impl LoadedExecutable {
     /// The module's name.
     pub fn name(&self) -> &str {
         &self.info.name
+    }
+
+    /// The compiled executable's bytes (`PJRT_Executable_Serialize`), for a cache that
+    /// [`Client::load_serialized`] reads back on a later run with the same plugin.
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        let api = self.client.api();
+        let f = api.optional.PJRT_Executable_Serialize.ok_or_else(|| {
+            api.missing(
+                "PJRT_Executable_Serialize",
+                std::mem::offset_of!(sys::PJRT_Api, PJRT_Executable_Serialize)
+                    + std::mem::size_of::<sys::PJRT_Executable_Serialize>(),
+            )
+        })?;
+        let mut get_args: sys::PJRT_LoadedExecutable_GetExecutable_Args = new_args();
+        get_args.loaded_executable = self.raw;
+        // SAFETY: live executable; the returned PJRT_Executable is ours to destroy.
+        unsafe { api.check((api.fns.PJRT_LoadedExecutable_GetExecutable)(&mut get_args))? };
+        let mut args: sys::PJRT_Executable_Serialize_Args = new_args();
+        args.executable = get_args.executable;
+        // SAFETY: live executable.
+        let result = unsafe { api.check(f(&mut args)) };
+        let bytes = if result.is_ok() && !args.serialized_bytes.is_null() {
+            // SAFETY: the plugin hands out `serialized_bytes_size` readable bytes, owned by
+            // `serialized_executable` until its deleter runs.
+            unsafe {
+                std::slice::from_raw_parts(
+                    args.serialized_bytes.cast::<u8>(),
+                    args.serialized_bytes_size,
+                )
+            }
+            .to_vec()
+        } else {
+            Vec::new()
+        };
+        if let (Some(deleter), false) = (
+            args.serialized_executable_deleter,
+            args.serialized_executable.is_null(),
+        ) {
+            // SAFETY: the deleter frees the serialized executable once.
+            unsafe { deleter(args.serialized_executable) };
+        }
+        let mut destroy_args: sys::PJRT_Executable_Destroy_Args = new_args();
+        destroy_args.executable = get_args.executable;
+        // SAFETY: destroyed once.
+        unsafe { api.check((api.fns.PJRT_Executable_Destroy)(&mut destroy_args))? };
+        result?;
+        Ok(bytes)
     }
 
     /// Runs the executable on all its devices.
@@ -418,6 +500,12 @@ impl LoadedExecutable {
             }
             for (a, arg) in dev_args.iter().enumerate() {
                 let b = arg.buffer();
+                if matches!(arg, Arg::Donate(_)) && b.is_host_backed() {
+                    return err(format!(
+                        "device {d}, argument {a}: a buffer made from owned host bytes cannot be \
+                         donated (its memory must outlive every buffer that aliases it)"
+                    ));
+                }
                 if !Arc::ptr_eq(&b.client, &self.client) {
                     return err(format!(
                         "device {d}, argument {a}: buffer belongs to another client"

@@ -47,7 +47,7 @@ mod plugin;
 )]
 pub mod sys;
 
-pub use buffer::{Buffer, HostBuffer};
+pub use buffer::{Buffer, HostBuffer, HostBytes};
 pub use client::{Client, ClientOptions, Device};
 pub use element_type::{ElementType, NativeType};
 pub use error::{Error, ErrorCode, Result, INSTALL_HINT};

@@ -80,6 +80,10 @@ pjrt_args! {
     PJRT_Buffer_Dimensions_Args => PJRT_Buffer_Dimensions_Args_STRUCT_SIZE,
     PJRT_Buffer_Device_Args => PJRT_Buffer_Device_Args_STRUCT_SIZE,
     PJRT_Buffer_ToHostBuffer_Args => PJRT_Buffer_ToHostBuffer_Args_STRUCT_SIZE,
+    PJRT_Buffer_UnsafePointer_Args => PJRT_Buffer_UnsafePointer_Args_STRUCT_SIZE,
+    PJRT_Event_IsReady_Args => PJRT_Event_IsReady_Args_STRUCT_SIZE,
+    PJRT_Executable_Serialize_Args => PJRT_Executable_Serialize_Args_STRUCT_SIZE,
+    PJRT_Executable_DeserializeAndLoad_Args => PJRT_Executable_DeserializeAndLoad_Args_STRUCT_SIZE,
 }
 
 /// A zeroed args struct with `struct_size` set: the PJRT calling convention (pjrt.md §1).
@@ -166,6 +170,43 @@ entry_points! {
     PJRT_Buffer_ToHostBuffer,
 }
 
+macro_rules! optional_entry_points {
+    ($($name:ident),* $(,)?) => {
+        /// Entry points some plugins lack; each is `None` when outside the plugin's table or
+        /// NULL, and the methods that need one say so with [`Error::MissingEntryPoint`].
+        #[allow(non_snake_case)]
+        #[derive(Clone, Copy)]
+        pub(crate) struct OptionalFns {
+            $(pub(crate) $name: Option<<sys::$name as OptionalFn>::F>,)*
+        }
+
+        impl OptionalFns {
+            /// # Safety
+            /// As [`Fns::read`].
+            unsafe fn read(api: *const sys::PJRT_Api, struct_size: usize) -> OptionalFns {
+                OptionalFns {
+                    $($name: {
+                        let end = offset_of!(sys::PJRT_Api, $name) + size_of::<sys::$name>();
+                        if end <= struct_size {
+                            // SAFETY: the slot lies within the plugin's table (checked above).
+                            unsafe { ptr::addr_of!((*api).$name).read_unaligned() }
+                        } else {
+                            None
+                        }
+                    },)*
+                }
+            }
+        }
+    };
+}
+
+optional_entry_points! {
+    PJRT_Event_IsReady,
+    PJRT_Buffer_UnsafePointer,
+    PJRT_Executable_Serialize,
+    PJRT_Executable_DeserializeAndLoad,
+}
+
 /// Fails with the first entry point (in `PJRT_Api` order) that does not fit in `struct_size`.
 pub(crate) fn check_table_size(struct_size: usize, path: &Path) -> Result<()> {
     let mut ends: Vec<_> = ENTRY_POINT_ENDS.to_vec();
@@ -187,6 +228,7 @@ pub(crate) struct PluginInner {
     path: PathBuf,
     raw: *const sys::PJRT_Api,
     pub(crate) fns: Fns,
+    pub(crate) optional: OptionalFns,
     version: (i32, i32),
     struct_size: usize,
 }
@@ -343,10 +385,13 @@ impl Plugin {
         }
         // SAFETY: `api` is the live static table and `struct_size` its self-declared size.
         let fns = unsafe { Fns::read(api, struct_size, &key)? };
+        // SAFETY: as above.
+        let optional = unsafe { OptionalFns::read(api, struct_size) };
         let inner: &'static PluginInner = Box::leak(Box::new(PluginInner {
             path: key.clone(),
             raw: api,
             fns,
+            optional,
             version: (major, minor),
             struct_size,
         }));
@@ -381,6 +426,17 @@ impl Plugin {
 }
 
 impl PluginInner {
+    /// The error for an optional entry point this plugin does not provide.
+    pub(crate) fn missing(&self, name: &'static str, needed: usize) -> Error {
+        Error::MissingEntryPoint {
+            path: self.path.clone(),
+            name,
+            needed,
+            struct_size: self.struct_size,
+            is_null: needed <= self.struct_size,
+        }
+    }
+
     /// Turns a returned `PJRT_Error*` into a `Result`, destroying the error.
     ///
     /// # Safety
@@ -426,6 +482,21 @@ impl PluginInner {
         args.error = err;
         // SAFETY: forwarded from the caller.
         unsafe { (self.fns.PJRT_Error_Destroy)(&mut args) };
+    }
+
+    /// Whether `event` has fired (false when the plugin cannot tell).
+    ///
+    /// # Safety
+    /// `event` must be a live event owned by the caller.
+    pub(crate) unsafe fn event_is_ready(&self, event: *mut sys::PJRT_Event) -> bool {
+        let Some(f) = self.optional.PJRT_Event_IsReady else {
+            return false;
+        };
+        let mut args: sys::PJRT_Event_IsReady_Args = new_args();
+        args.event = event;
+        // SAFETY: live event.
+        let ok = unsafe { self.check(f(&mut args)) };
+        ok.is_ok() && args.is_ready
     }
 
     /// Blocks until `event` is ready and destroys it, returning the event's error if any.

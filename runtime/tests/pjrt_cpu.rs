@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::mem::{offset_of, size_of};
-
 use common::{aliases, cpu_client, f32s, module, shape, Comp};
 use half::{bf16, f16};
 use pjrt_runtime::{
-    sys, Arg, Buffer, Client, CompileOptions, ElementType, Error, ErrorCode, HostBuffer,
+    Arg, Buffer, Client, CompileOptions, ElementType, Error, ErrorCode, HostBuffer,
 };
 use prost::Message;
 use xla_proto::{HloModuleProto, PrimitiveType};
@@ -388,23 +386,10 @@ fn kv_update_module(tuple: bool) -> HloModuleProto {
     m
 }
 
-/// The device address behind a buffer, via `PJRT_Buffer_UnsafePointer` (not wrapped by the crate),
-/// to observe whether PJRT reused a donated buffer's memory.
-fn device_address(client: &Client, buffer: &Buffer) -> usize {
-    let plugin = client.plugin();
-    let end = offset_of!(sys::PJRT_Api, PJRT_Buffer_UnsafePointer)
-        + size_of::<sys::PJRT_Buffer_UnsafePointer>();
-    assert!(plugin.api_struct_size() >= end);
-    // SAFETY: the slot is within the plugin's table (checked above); the args struct is zeroed
-    // with its struct_size set, and the buffer is live.
-    unsafe {
-        let f = (*plugin.raw_api()).PJRT_Buffer_UnsafePointer.unwrap();
-        let mut args: sys::PJRT_Buffer_UnsafePointer_Args = std::mem::zeroed();
-        args.struct_size = sys::PJRT_Buffer_UnsafePointer_Args_STRUCT_SIZE as usize;
-        args.buffer = buffer.as_raw();
-        assert!(f(&mut args).is_null(), "PJRT_Buffer_UnsafePointer failed");
-        args.buffer_pointer
-    }
+/// The device address behind a buffer, to observe whether PJRT reused a donated buffer's
+/// memory.
+fn device_address(_client: &Client, buffer: &Buffer) -> usize {
+    buffer.device_pointer().expect("PJRT_Buffer_UnsafePointer")
 }
 
 fn expected_after_update(row: usize) -> Vec<f32> {
@@ -563,4 +548,66 @@ fn pred_type_maps_through_compile() {
     assert_eq!(out[0].element_type(), ElementType::Pred);
     assert_eq!(out[0].to_vec::<bool>().unwrap(), [false, true, false, true]);
     let _ = PrimitiveType::Pred;
+}
+
+#[test]
+fn owned_host_bytes_become_the_buffer_without_a_copy() {
+    let client = cpu_client(1);
+    let mut bytes = pjrt_runtime::HostBytes::zeroed(6 * 4);
+    for (i, c) in bytes.as_mut_slice().chunks_exact_mut(4).enumerate() {
+        c.copy_from_slice(&(i as f32 * 1.5).to_le_bytes());
+    }
+    let address = bytes.address();
+    let b = client
+        .buffer_from_host_bytes(bytes, ElementType::F32, &[2, 3], 0)
+        .unwrap();
+    // XLA:CPU keeps aligned dense host memory as the buffer's storage.
+    assert_eq!(b.device_pointer().unwrap(), address);
+    assert_eq!(b.to_vec::<f32>().unwrap(), [0.0, 1.5, 3.0, 4.5, 6.0, 7.5]);
+    // It serves as an execution input like any other buffer.
+    let exe = client
+        .compile(&common::add_module(), &CompileOptions::default())
+        .unwrap();
+    let out = exe.execute_one(vec![(&b).into(), (&b).into()]).unwrap();
+    assert_eq!(
+        out[0].to_vec::<f32>().unwrap(),
+        [0.0, 3.0, 6.0, 9.0, 12.0, 15.0]
+    );
+    drop(b);
+    // Sizes are checked before the plugin sees the memory.
+    let err = client
+        .buffer_from_host_bytes(
+            pjrt_runtime::HostBytes::zeroed(8),
+            ElementType::F32,
+            &[3],
+            0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("needs 12 bytes"), "{err}");
+}
+
+#[test]
+fn serialized_executables_load_without_compiling() {
+    let client = cpu_client(1);
+    let module = common::add_module();
+    let exe = client.compile(&module, &CompileOptions::default()).unwrap();
+    let bytes = exe.serialize().unwrap();
+    assert!(!bytes.is_empty());
+    let loaded = client
+        .load_serialized(&bytes, &module.encode_to_vec())
+        .unwrap();
+    assert_eq!(loaded.num_outputs(), 1);
+    assert_eq!(loaded.num_parameters(), Some(2));
+    let a = client
+        .buffer_from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], 0)
+        .unwrap();
+    let out = loaded.execute_one(vec![(&a).into(), (&a).into()]).unwrap();
+    assert_eq!(
+        out[0].to_vec::<f32>().unwrap(),
+        [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    );
+    // Garbage is an error from the plugin, not a crash.
+    assert!(client
+        .load_serialized(b"not an executable", &module.encode_to_vec())
+        .is_err());
 }

@@ -12,7 +12,8 @@ use phi3_neuron::build::{default_jobs, to_dot, BuiltGraph, SetError};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::files::{remove_stale_temporaries, write_atomic};
 use phi3_neuron::models::decoder::{
-    CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl,
+    CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl, SamplerKernels,
+    Sampling,
 };
 use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, Target};
@@ -32,16 +33,23 @@ struct Args {
     /// Tensor-parallel degree.
     #[arg(long, default_value_t = 2)]
     tp: i64,
-    #[arg(long, default_value_t = 1)]
-    batch: i64,
-    /// Context-encoding buckets; each also gets a token-generation graph with that cache length
-    /// unless --max-seq-len fixes one cache length for all graphs.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "128,256,512,1024,2048,4096"
-    )]
-    buckets: Vec<i64>,
+    /// Shorthand for --max-batch-size and --ctx-batch-size.
+    #[arg(long)]
+    batch: Option<i64>,
+    /// KV-cache rows (sequences served at once) and the token-generation batch.
+    #[arg(long)]
+    max_batch_size: Option<i64>,
+    /// Prompts per context-encoding call (at most --max-batch-size).
+    #[arg(long)]
+    ctx_batch_size: Option<i64>,
+    /// Context-encoding buckets (prompt lengths). Default: 128, 256, ... up to --max-seq-len.
+    #[arg(long, value_delimiter = ',')]
+    buckets: Option<Vec<i64>>,
+    /// Token-generation buckets (cache positions attended to). Default: the --buckets list.
+    #[arg(long, value_delimiter = ',')]
+    tkg_buckets: Option<Vec<i64>>,
+    /// Positions per KV-cache row, shared by every graph. Default: the largest bucket (4096
+    /// when no bucket is given).
     #[arg(long)]
     max_seq_len: Option<i64>,
     /// Which graph kinds: cte, tkg.
@@ -83,16 +91,25 @@ struct Args {
     /// (w·xᵀ, faster on CPU; the cpu preset's).
     #[arg(long)]
     linear: Option<String>,
-    /// Neuron defaults, or `cpu`: the forms the PJRT CPU plugin runs fastest (dus, weight-first).
+    /// neuron (NxD's forms, Neuron's sampler kernels), cpu (the forms the PJRT CPU plugin runs
+    /// fastest: dus, weight-first) or portable (NxD's forms from primitives only).
     #[arg(long, default_value = "neuron")]
     preset: String,
     /// Decode cache write: scatter (NxD's; the neuron preset's) or dus (one
     /// dynamic-update-slice per sequence; the cpu preset's).
     #[arg(long)]
     cache_write: Option<String>,
-    /// On-device sampling: none, or greedy (an argmax; outside Neuron's documented op set).
+    /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
+    /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
     sampling: String,
+    /// The on-device sampler's static top-k bound (NxDI's global_topk).
+    #[arg(long, default_value_t = 256)]
+    max_top_k: i64,
+    /// The sampler's argmax/top-k: primitives (runs everywhere) or neuron (AwsNeuronArgMax /
+    /// AwsNeuronTopK custom calls). Default: the preset's.
+    #[arg(long)]
+    sampler_kernels: Option<String>,
     /// Logits: gathered (full vocab on every rank) or sharded (each rank's vocab slice).
     #[arg(long, default_value = "gathered")]
     logits: String,
@@ -153,14 +170,21 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
             .ok_or_else(|| format!("--{flag} must be one of {}, got `{v}`", options.join(", ")))
     };
     let base = match args.preset.as_str() {
-        "neuron" => GraphOptions::default(),
+        "neuron" => GraphOptions::neuron(),
         "cpu" => GraphOptions::cpu(),
+        "portable" => GraphOptions::default(),
         other => {
             return Err(format!(
-                "--preset must be one of neuron, cpu, got `{other}`"
+                "--preset must be one of neuron, cpu, portable, got `{other}`"
             ))
         }
     };
+    if args.max_top_k < 1 {
+        return Err(format!(
+            "--max-top-k must be at least 1, got {}",
+            args.max_top_k
+        ));
+    }
     let fusion = [Fusion::Checkpoint, Fusion::Fused, Fusion::Split];
     let fusions = ["checkpoint", "fused", "split"];
     Ok(GraphOptions {
@@ -171,7 +195,14 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
                 [pick("cache-write", v, &["scatter", "dus"])?],
             None => base.decode_cache_write,
         },
-        on_device_greedy: pick("sampling", &args.sampling, &["none", "greedy"])? == 1,
+        sampling: [Sampling::None, Sampling::Greedy, Sampling::OnDevice]
+            [pick("sampling", &args.sampling, &["none", "greedy", "on-device"])?],
+        sampler_kernels: match &args.sampler_kernels {
+            Some(v) => [SamplerKernels::Primitives, SamplerKernels::Neuron]
+                [pick("sampler-kernels", v, &["primitives", "neuron"])?],
+            None => base.sampler_kernels,
+        },
+        max_top_k: args.max_top_k,
         gather_logits: pick("logits", &args.logits, &["gathered", "sharded"])? == 0,
         rms_norm: [NormImpl::Primitives, NormImpl::NeuronCustomCall]
             [pick("rmsnorm", &args.rmsnorm, &["primitives", "custom-call"])?],
@@ -220,8 +251,20 @@ fn run(args: Args) -> Result<(), String> {
         "both" => (true, true),
         other => return Err(format!("--format must be pb, txt or both, got `{other}`")),
     };
-    if args.batch < 1 {
-        return Err(format!("--batch must be at least 1, got {}", args.batch));
+    let max_batch = args.max_batch_size.or(args.batch).unwrap_or(1);
+    let ctx_batch = args.ctx_batch_size.or(args.batch).unwrap_or(1);
+    for (flag, v) in [
+        ("--max-batch-size", max_batch),
+        ("--ctx-batch-size", ctx_batch),
+    ] {
+        if v < 1 {
+            return Err(format!("{flag} must be at least 1, got {v}"));
+        }
+    }
+    if ctx_batch > max_batch {
+        return Err(format!(
+            "--ctx-batch-size {ctx_batch} is larger than --max-batch-size {max_batch} (the cache rows)"
+        ));
     }
     let mut kinds = Vec::new();
     for g in &args.graphs {
@@ -236,34 +279,47 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     let plan = model.plan(args.tp).map_err(|e| e.to_string())?;
-    let mut buckets = args.buckets.clone();
-    buckets.sort();
-    buckets.dedup();
-    if let Some(&b) = buckets.iter().find(|&&b| b < 1) {
+    let limit = model.max_position_embeddings() as i64;
+    let explicit: Vec<i64> = args
+        .buckets
+        .iter()
+        .chain(args.tkg_buckets.iter())
+        .flatten()
+        .copied()
+        .collect();
+    if let Some(&b) = explicit.iter().find(|&&b| b < 1) {
         return Err(format!("bucket {b} must be at least 1"));
     }
-    let limit = model.max_position_embeddings() as i64;
-    if let Some(max) = args.max_seq_len {
-        if !(1..=limit).contains(&max) {
-            return Err(format!(
-                "--max-seq-len {max} must be between 1 and the model's max_position_embeddings {limit}"
-            ));
-        }
+    let max_seq_len = match (args.max_seq_len, explicit.iter().max()) {
+        (Some(max), _) => max,
+        (None, Some(&b)) => b,
+        (None, None) => 4096.min(limit),
+    };
+    if !(1..=limit).contains(&max_seq_len) {
+        return Err(format!(
+            "--max-seq-len {max_seq_len} must be between 1 and the model's max_position_embeddings {limit}"
+        ));
     }
-    // Buckets bound prefill graphs, and name the cache lengths of decode graphs when
-    // --max-seq-len does not fix one.
-    let buckets_used = kinds.contains(&GraphKind::ContextEncoding) || args.max_seq_len.is_none();
-    if let (true, Some(&b)) = (buckets_used, buckets.last()) {
-        match args.max_seq_len {
-            Some(max) if kinds.contains(&GraphKind::ContextEncoding) && b > max => {
-                return Err(format!("bucket {b} is larger than --max-seq-len {max}"));
-            }
-            None if b > limit => {
-                return Err(format!(
-                    "bucket {b} is larger than the model's max_position_embeddings {limit}"
-                ));
-            }
-            _ => {}
+    // NxDI's automatic buckets: powers of two from 128, then the maximum itself.
+    let auto: Vec<i64> = (7..)
+        .map(|i| 1i64 << i)
+        .take_while(|&b| b < max_seq_len)
+        .chain([max_seq_len])
+        .collect();
+    let sorted = |v: &Option<Vec<i64>>, fallback: &[i64]| -> Vec<i64> {
+        let mut v = v.clone().unwrap_or_else(|| fallback.to_vec());
+        v.sort();
+        v.dedup();
+        v
+    };
+    let cte_buckets = sorted(&args.buckets, &auto);
+    let tkg_buckets = sorted(&args.tkg_buckets, &cte_buckets);
+    for &b in cte_buckets.iter().chain(&tkg_buckets) {
+        if b > max_seq_len {
+            return Err(match args.max_seq_len {
+                Some(max) => format!("bucket {b} is larger than --max-seq-len {max}"),
+                None => format!("bucket {b} is larger than the max sequence length {max_seq_len}"),
+            });
         }
     }
 
@@ -284,20 +340,23 @@ fn run(args: Args) -> Result<(), String> {
         .transpose()?;
     let mut specs = Vec::new();
     for &kind in &kinds {
-        let lengths: Vec<i64> = match (kind, args.max_seq_len) {
-            (GraphKind::TokenGeneration, Some(max)) => vec![max],
-            _ => buckets.clone(),
+        let buckets = match kind {
+            GraphKind::ContextEncoding => &cte_buckets,
+            GraphKind::TokenGeneration => &tkg_buckets,
         };
-        for b in lengths {
-            let max = args.max_seq_len.unwrap_or(b);
-            let mut spec = match kind {
+        for &b in buckets {
+            let spec = match kind {
                 GraphKind::ContextEncoding => {
-                    GraphSpec::context_encoding(args.batch, b, max, dtype)
+                    GraphSpec::context_encoding(ctx_batch, b, max_seq_len, dtype)
                 }
-                GraphKind::TokenGeneration => GraphSpec::token_generation(args.batch, max, dtype),
+                GraphKind::TokenGeneration => {
+                    GraphSpec::token_generation(max_batch, max_seq_len, dtype).with_bucket(b)
+                }
             };
-            spec.options = options.clone();
-            specs.push(spec);
+            specs.push(
+                spec.with_cache_batch(max_batch)
+                    .with_options(options.clone()),
+            );
         }
     }
 
@@ -399,15 +458,13 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     let weights = weights_table(&built.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
-    let max_len = specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0);
     let set = SetInfo {
         model: model.as_ref(),
         plan: &plan,
-        batch: args.batch,
-        max_seq_len: max_len,
         dtype,
         target: &args.target,
         options: &options,
+        specs: &specs,
     };
     let text = manifest(&set, weights, entries).to_json_pretty();
     // The manifest goes last, so it never names a file that is not fully written.

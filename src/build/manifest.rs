@@ -3,13 +3,15 @@
 //! layout, the knobs, the compiler flags and the hash of each proto.
 
 use super::{BuiltGraph, SetError};
-use crate::manifest::{GraphEntry, IoEntry, Manifest, ModelInfo, FORMAT};
-use crate::models::decoder::{DecoderModel, GraphOptions};
+use crate::manifest::{Buckets, GraphEntry, IoEntry, KvState, Manifest, ModelInfo, FORMAT};
+use crate::models::decoder::{
+    DecoderModel, GraphKind, GraphOptions, GraphSpec, SamplerKernels, Sampling,
+};
 use crate::neuron::lint::Finding;
 use crate::parallel::ShardPlan;
 use crate::weights::WeightDecl;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One written graph, for its manifest entry.
 pub struct GraphArtifact<'a> {
@@ -65,6 +67,7 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
         name: s.name(),
         kind: s.kind,
         batch: s.batch,
+        bucket: s.bucket,
         active_tokens: s.seq_len,
         max_seq_len: s.max_seq_len,
         dtype: s.dtype,
@@ -105,7 +108,9 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "fused_gate_up": o.gate_up.is_fused(gate_up),
         "linear": format!("{:?}", o.linear),
         "decode_cache_write": format!("{:?}", o.decode_cache_write),
-        "on_device_greedy": o.on_device_greedy,
+        "sampling": format!("{:?}", o.sampling),
+        "sampler_kernels": format!("{:?}", o.sampler_kernels),
+        "max_top_k": o.max_top_k,
         "gather_logits": o.gather_logits,
         "rms_norm": format!("{:?}", o.rms_norm),
         "runs_on_cpu": o.runs_on_cpu(),
@@ -116,11 +121,29 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
 pub struct SetInfo<'a> {
     pub model: &'a dyn DecoderModel,
     pub plan: &'a ShardPlan,
-    pub batch: i64,
-    pub max_seq_len: i64,
     pub dtype: crate::ir::DType,
     pub target: &'a str,
     pub options: &'a GraphOptions,
+    /// Every graph's spec (the buckets, batch sizes and shared state come from them).
+    pub specs: &'a [GraphSpec],
+}
+
+fn buckets_of(specs: &[GraphSpec], kind: GraphKind) -> Vec<i64> {
+    let set: BTreeSet<i64> = specs
+        .iter()
+        .filter(|s| s.kind == kind)
+        .map(|s| s.bucket)
+        .collect();
+    set.into_iter().collect()
+}
+
+fn batch_of(specs: &[GraphSpec], kind: GraphKind) -> i64 {
+    specs
+        .iter()
+        .filter(|s| s.kind == kind)
+        .map(|s| s.batch)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The weights every graph of `built` reads, each declared once (in first-use order). Two
@@ -155,12 +178,30 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
     let SetInfo {
         model,
         plan,
-        batch,
-        max_seq_len,
         dtype,
         target,
         options,
+        specs,
     } = *set;
+    let max_seq_len = specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0);
+    let max_batch = specs.iter().map(|s| s.cache_batch).max().unwrap_or(1);
+    let (cte, tkg) = (
+        buckets_of(specs, GraphKind::ContextEncoding),
+        buckets_of(specs, GraphKind::TokenGeneration),
+    );
+    let (ctx_batch, tkg_batch) = (
+        batch_of(specs, GraphKind::ContextEncoding),
+        batch_of(specs, GraphKind::TokenGeneration),
+    );
+    let sampling_config = match options.sampling {
+        Sampling::None => Value::Null,
+        Sampling::Greedy => json!({ "do_sample": false, "top_k": 1, "dynamic": false }),
+        Sampling::OnDevice => json!({
+            "do_sample": true, "dynamic": true, "deterministic": false,
+            "global_topk": options.max_top_k,
+            "top_k_kernel_enabled": options.sampler_kernels == SamplerKernels::Neuron,
+        }),
+    };
     Manifest {
         format: FORMAT.to_string(),
         tool: json!({ "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") }),
@@ -171,22 +212,31 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
             vocab_size: model.sizes().vocab,
             max_position_embeddings: model.max_position_embeddings(),
             reencode_past: model.reencode_past(),
+            eos_token_ids: model.eos_token_ids(),
         },
         tp_degree: plan.tp,
         replica_groups: vec![(0..plan.tp).collect()],
         dtype,
         options: options_json(model, options),
         neuron_config: json!({
-            "batch_size": batch,
-            "max_batch_size": batch,
+            "batch_size": max_batch,
+            "max_batch_size": max_batch,
+            "ctx_batch_size": ctx_batch,
+            "tkg_batch_size": tkg_batch,
             "sequence_length": max_seq_len,
-            "max_context_length": max_seq_len,
+            "max_context_length": cte.last().copied().unwrap_or(0),
+            "max_length": max_seq_len,
+            "context_encoding_buckets": cte,
+            "token_generation_buckets": tkg,
+            "enable_bucketing": cte.len() > 1 || tkg.len() > 1,
+            "continuous_batching": true,
+            "is_continuous_batching": true,
             "tp_degree": plan.tp,
             "torch_dtype": if dtype == crate::ir::DType::BF16 { "bfloat16" } else { "float32" },
             "fused_qkv": options.qkv.is_fused(model.checkpoint_fusion().0),
             "glu_mlp": true,
-            "on_device_sampling": options.on_device_greedy,
-            "continuous_batching": false,
+            "on_device_sampling": options.sampling != Sampling::None,
+            "on_device_sampling_config": sampling_config,
             "target": target,
             "pp_degree": 1,
             "ep_degree": 1,
@@ -194,9 +244,12 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
             "local_ranks_size": plan.tp,
         }),
         input_conventions: json!({
-            "prefill": "the prompt fills positions 0..L-1 of the bucket; padding follows it, with position_ids <= L-1 (e.g. 0); logits are read at the first index holding the largest position id, and LongRoPE uses its long factors iff max(position_ids) + 1 > original_max_position_embeddings",
-            "decode": "sequence b writes its new K/V row at position_ids[b] and attends to cache positions <= position_ids[b] (within the sliding window, if any)",
-            "kv_cache": "zero-initialised; pass it donated and feed each graph's cache outputs to the next call",
+            "kv_state": "one state per set: every graph takes and returns the same cache tensors (aliased); zero-initialise them once, pass them donated, and feed each call's cache outputs to the next call of any graph",
+            "seq_ids": "batch row b reads and writes cache row seq_ids[b]; a row whose seq_id is outside [0, max_batch_size) (or, in decode, whose position is outside [0, max_seq_len)) writes nothing, and its outputs are unspecified: use it to pad a batch",
+            "prefill": "a prompt of L tokens fills positions 0..L-1 of its bucket (the smallest context-encoding bucket >= L); padding follows it, with position_ids <= L-1 (e.g. 0); the graph writes positions 0..bucket-1 of row seq_ids[b] and returns the logits at the first index holding the largest position id",
+            "decode": "row b feeds one token at position_ids[b], writes its K/V there and attends to positions <= position_ids[b] (within the sliding window, if any) among the bucket's positions 0..bucket-1; choose the smallest token-generation bucket > the largest position of the batch",
+            "longrope": "each row picks LongRoPE's long factors iff its own max(position_ids) + 1 > original_max_position_embeddings; when a sequence first grows past model.reencode_past tokens with a cache written below it, encode the whole sequence again (Hugging Face's Phi-3 rule), which needs a context-encoding bucket that holds it",
+            "sampling": "sampling_params[b] = (top_k, top_p, temperature): the K = max_top_k largest logits (ties by lower id), divided by the temperature, the first top_k (all K if top_k < 1 or > K), then the smallest prefix with probability mass >= top_p, renormalised; next_token is the first whose cumulative probability exceeds sampling_uniform[b]; top_k = 1 or temperature <= 0 is greedy",
         }),
         sharding: json!({
             "strategy": format!("{:?}", plan.strategy),
@@ -204,6 +257,28 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
             "q_heads_per_rank": plan.q_heads_per_rank, "kv_heads_per_rank": plan.kv_heads_per_rank,
             "vocab_padded": plan.vocab_padded, "intermediate_padded": plan.intermediate_padded,
         }),
+        kv_state: KvState {
+            shape: vec![
+                max_batch,
+                plan.kv_heads_per_rank,
+                max_seq_len,
+                plan.head_dim,
+            ],
+            dtype,
+            layers: model.num_layers(),
+            max_batch_size: max_batch,
+            max_seq_len,
+        },
+        buckets: Buckets {
+            context_encoding: cte,
+            token_generation: tkg,
+            ctx_batch_size: ctx_batch,
+            tkg_batch_size: tkg_batch,
+            rule: json!({
+                "context_encoding": "the smallest bucket >= the prompt length",
+                "token_generation": "the smallest bucket > the largest position_ids of the batch (its furthest position + 1)",
+            }),
+        },
         weights,
         graphs,
     }

@@ -100,14 +100,13 @@ pub fn memory_set(
     let set = SetInfo {
         model,
         plan,
-        batch: specs.iter().map(|s| s.batch).max().unwrap_or(1),
-        max_seq_len: specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0),
         dtype: specs
             .first()
             .map(|s| s.dtype)
             .unwrap_or(crate::ir::DType::F32),
         target: target.name(),
         options: &options,
+        specs,
     };
     let m = manifest(&set, weights, entries);
     let text = m.to_json_pretty();

@@ -105,11 +105,7 @@ impl GraphBuilder {
 
     /// Type-checks `op` against its operands and, if it is well-typed, adds it to the graph.
     #[track_caller]
-    pub(crate) fn record_raw(
-        &self,
-        op: Op,
-        operands: &[(NodeId, Type)],
-    ) -> Result<Tensor, OpError> {
+    fn record_node(&self, op: Op, operands: &[(NodeId, Type)]) -> Result<(NodeId, Type), OpError> {
         let location = Location::caller();
         let types: Vec<Type> = operands.iter().map(|(_, t)| t.clone()).collect();
         if self.state.borrow().finished {
@@ -135,7 +131,51 @@ impl GraphBuilder {
             },
             &ids,
         );
+        Ok((id, ty))
+    }
+
+    /// [`record_node`](Self::record_node) for an op with an array result.
+    #[track_caller]
+    pub(crate) fn record_raw(
+        &self,
+        op: Op,
+        operands: &[(NodeId, Type)],
+    ) -> Result<Tensor, OpError> {
+        let name = op.name();
+        let location = Location::caller();
+        let (id, ty) = self.record_node(op, operands)?;
+        if let Type::Tuple(_) = ty {
+            let types = operands.iter().map(|(_, t)| t.clone()).collect();
+            let e = ShapeError::invalid(
+                "result",
+                "the op returns a tuple; record it with a tuple-valued call",
+            );
+            return Err(self.op_error(name, types, e, location));
+        }
         Ok(Tensor::from_parts(id, ty, self.clone()))
+    }
+
+    /// Records an op with a tuple result (sort, a kernel returning several arrays).
+    #[track_caller]
+    pub(crate) fn record_tuple_op(
+        &self,
+        op: impl Into<Op>,
+        operands: &[&Tensor],
+    ) -> Result<TupleValue, OpError> {
+        let raw: Vec<(NodeId, Type)> = operands
+            .iter()
+            .map(|t| (t.id(), Type::Array(t.ty().clone())))
+            .collect();
+        let (id, ty) = self.record_node(op.into(), &raw)?;
+        let elems = match ty {
+            Type::Tuple(elems) => elems,
+            Type::Array(a) => vec![a],
+        };
+        Ok(TupleValue {
+            id,
+            elems,
+            builder: self.clone(),
+        })
     }
 
     #[track_caller]
@@ -275,7 +315,37 @@ impl GraphBuilder {
             CustomCall {
                 target: target.to_string(),
                 backend_config,
-                ty: result,
+                ty: Type::Array(result),
+                has_side_effect: false,
+            },
+            operands,
+        )
+    }
+
+    /// A call into a backend kernel that returns several arrays (declared by the caller).
+    #[track_caller]
+    pub fn custom_call_tuple(
+        &self,
+        target: &str,
+        operands: &[&Tensor],
+        results: Vec<ArrayType>,
+        backend_config: Vec<u8>,
+    ) -> Result<TupleValue, OpError> {
+        for t in operands {
+            if !Rc::ptr_eq(&t.builder.state, &self.state) {
+                let types = operands
+                    .iter()
+                    .map(|t| Type::Array(t.ty().clone()))
+                    .collect();
+                let e = ShapeError::invalid("operand", "it was recorded by another graph builder");
+                return Err(self.op_error("custom-call", types, e, Location::caller()));
+            }
+        }
+        self.record_tuple_op(
+            CustomCall {
+                target: target.to_string(),
+                backend_config,
+                ty: Type::Tuple(results),
                 has_side_effect: false,
             },
             operands,

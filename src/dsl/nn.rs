@@ -112,3 +112,27 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, Op
         Tensor::concat(&[&rotated, &pass], x.rank() as i64 - 1)
     }
 }
+
+/// The `k` largest entries along the last dim, in descending order, with their indices
+/// (`s32`); among equal values the lower index comes first (a stable sort of the whole dim,
+/// then a slice).
+#[track_caller]
+pub fn top_k(x: &Tensor, k: i64) -> Result<(Tensor, Tensor), OpError> {
+    let n = last_dim(x, "top_k")?;
+    if k < 1 || k > n {
+        return Err(OpError::new(
+            "top_k",
+            vec![crate::ir::Type::Array(x.ty().clone())],
+            x.builder().scope_path(),
+            Location::caller(),
+            ShapeError::invalid("k", format!("{k} is not in 1..={n}")),
+        ));
+    }
+    let last = x.rank() as i64 - 1;
+    let idx = x.builder().iota(DType::S32, x.dims(), last)?;
+    let sorted = x.sort_with(last, true, &[&idx])?;
+    Ok((
+        sorted[0].slice_dim(last, 0, k)?,
+        sorted[1].slice_dim(last, 0, k)?,
+    ))
+}

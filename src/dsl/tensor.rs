@@ -156,6 +156,18 @@ impl Tensor {
     pub fn min(&self, rhs: &Tensor) -> R {
         self.binary(BinaryOp::Minimum, rhs)
     }
+    /// Logical and of preds (bitwise for integers).
+    #[track_caller]
+    pub fn and(&self, rhs: &Tensor) -> R {
+        self.binary(BinaryOp::And, rhs)
+    }
+
+    /// Logical or of preds (bitwise for integers).
+    #[track_caller]
+    pub fn or(&self, rhs: &Tensor) -> R {
+        self.binary(BinaryOp::Or, rhs)
+    }
+
     #[track_caller]
     pub fn pow(&self, rhs: &Tensor) -> R {
         self.binary(BinaryOp::Power, rhs)
@@ -460,6 +472,30 @@ impl Tensor {
             },
             &[self, indices, updates],
         )
+    }
+
+    /// Sorts this tensor along `dim` (descending or ascending, stably: equal keys keep their
+    /// order) and `others` (same dims) by the same permutation; returns the sorted key, then the
+    /// sorted others.
+    #[track_caller]
+    pub fn sort_with(
+        &self,
+        dim: i64,
+        descending: bool,
+        others: &[&Tensor],
+    ) -> Result<Vec<Tensor>, OpError> {
+        let dim = self.axis(dim) as i64;
+        if others.is_empty() {
+            return Ok(vec![self
+                .builder
+                .record(Sort { dim, descending }, &[self])?]);
+        }
+        let mut ops = vec![self];
+        ops.extend_from_slice(others);
+        let tuple = self
+            .builder
+            .record_tuple_op(Sort { dim, descending }, &ops)?;
+        (0..tuple.len()).map(|i| tuple.get(i)).collect()
     }
 
     // ---- Contraction and reduction ----

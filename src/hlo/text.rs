@@ -312,6 +312,12 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
         "transpose" | "broadcast" | "reduce" | "concatenate" | "reverse" => {
             a.push(format!("dimensions={}", list(&i.dimensions)))
         }
+        "sort" => {
+            a.push(format!("dimensions={}", list(&i.dimensions)));
+            if i.is_stable {
+                a.push("is_stable=true".into());
+            }
+        }
         "slice" => {
             let parts: Vec<String> = i
                 .slice_dimensions

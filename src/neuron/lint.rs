@@ -228,13 +228,13 @@ pub fn lint(m: &HloModuleProto) -> Vec<Finding> {
                         .iter()
                         .any(|o| !is_constant_like(*o, &by_id));
                     if runtime {
-                        let writes_state = op == "dynamic-update-slice"
-                            && is_entry
-                            && updates_state(i, &by_id, &aliased);
-                        if writes_state {
+                        // Runtime-index access to the KV state: NxD's continuous-batching
+                        // writes (DUS at `[seq_id, 0, 0, 0]`) and transformers-neuronx's cache
+                        // reads (dynamic-slice) both do it.
+                        let on_state = is_entry && updates_state(i, &by_id, &aliased);
+                        if on_state {
                             flag(
-                                "dynamic-update-slice of an aliased KV cache at runtime indices"
-                                    .into(),
+                                format!("`{op}` of an aliased KV cache at runtime indices"),
                                 Allowance::DynamicKvWrite,
                             );
                         } else {

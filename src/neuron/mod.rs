@@ -65,4 +65,5 @@ pub fn default_compiler_flags(kind: GraphKind, target: Target) -> Vec<String> {
 }
 
 pub mod driver;
+pub mod emulate;
 pub mod lint;

@@ -376,6 +376,31 @@ pub fn argmax() -> Graph {
     b.finish(&outs.iter().collect::<Vec<_>>()).unwrap()
 }
 
+/// Params: `x f32[2,5]`, `p pred[4]`, `q pred[4]`, `m s32[3]`, `n s32[3]`. Outputs: x sorted
+/// descending along dim 1 with its iota (stable: ties keep the lower index first); x sorted
+/// ascending along dim 0; p and q; p or q; m and n (bitwise); m or n.
+pub fn sort_logic() -> Graph {
+    let b = GraphBuilder::new("conf_sort_logic");
+    let x = b.parameter("x", DType::F32, &[2, 5]).unwrap();
+    let p = b.parameter("p", DType::Pred, &[4]).unwrap();
+    let q = b.parameter("q", DType::Pred, &[4]).unwrap();
+    let m = b.parameter("m", DType::S32, &[3]).unwrap();
+    let n = b.parameter("n", DType::S32, &[3]).unwrap();
+    let idx = b.iota(DType::S32, &[2, 5], 1).unwrap();
+    let desc = x.sort_with(1, true, &[&idx]).unwrap();
+    let asc = x.sort_with(0, false, &[]).unwrap();
+    let outs = [
+        desc[0].clone(),
+        desc[1].clone(),
+        asc[0].clone(),
+        p.and(&q).unwrap(),
+        p.or(&q).unwrap(),
+        m.and(&n).unwrap(),
+        m.or(&n).unwrap(),
+    ];
+    b.finish(&outs.iter().collect::<Vec<_>>()).unwrap()
+}
+
 /// Params: `x f32[2]`, `y f32[3]`. Outputs: `tuple(x, y).get(1)`, `tuple(x, y).get(0) * 2`.
 pub fn tuple() -> Graph {
     let b = GraphBuilder::new("conf_tuple");
@@ -501,6 +526,7 @@ pub fn all() -> Vec<(Graph, i64)> {
         (clamp(), 1),
         (reduce(), 1),
         (argmax(), 1),
+        (sort_logic(), 1),
         (tuple(), 1),
         (bf16_ops(), 1),
         (custom_call(), 1),

@@ -489,6 +489,14 @@ pub struct HloInstructionProto {
     pub custom_call_api_version: i32,
     #[prost(message, optional, tag = "87")]
     pub collective_device_list: ::core::option::Option<CollectiveDeviceListProto>,
+    /// Only for sort: keep the input order of equal elements.
+    #[prost(bool, tag = "60")]
+    pub is_stable: bool,
+    /// Only for topk: how many elements, and whether the largest (else smallest).
+    #[prost(int64, tag = "81")]
+    pub k: i64,
+    #[prost(bool, tag = "85")]
+    pub largest: bool,
 }
 /// Nested message and enum types in `HloInstructionProto`.
 pub mod hlo_instruction_proto {

@@ -79,6 +79,10 @@ pub enum BinaryOp {
     Maximum,
     Minimum,
     Power,
+    /// Logical (pred) or bitwise (integer) and.
+    And,
+    /// Logical (pred) or bitwise (integer) or.
+    Or,
 }
 
 impl BinaryOp {
@@ -91,6 +95,8 @@ impl BinaryOp {
             BinaryOp::Maximum => "maximum",
             BinaryOp::Minimum => "minimum",
             BinaryOp::Power => "power",
+            BinaryOp::And => "and",
+            BinaryOp::Or => "or",
         }
     }
 }
@@ -129,8 +135,9 @@ impl OpRule for Binary {
         expect_arity(operands, 2)?;
         let (a, b) = (array(operands, 0)?, array(operands, 1)?);
         let t = same_type("rhs", a, b)?;
-        let pred_ok = matches!(self.0, BinaryOp::Maximum | BinaryOp::Minimum);
-        if t.dtype == DType::Pred && !pred_ok {
+        let logical = matches!(self.0, BinaryOp::And | BinaryOp::Or);
+        let pred_ok = logical || matches!(self.0, BinaryOp::Maximum | BinaryOp::Minimum);
+        if (t.dtype == DType::Pred && !pred_ok) || (logical && t.dtype.is_float()) {
             return Err(ShapeError::DTypeNotAllowed {
                 what: self.0.opcode(),
                 dtype: t.dtype,

@@ -17,6 +17,7 @@ mod elementwise;
 mod indexing;
 mod movement;
 mod reduce;
+mod sort;
 mod source;
 
 pub use collective::{AllGather, AllReduce, ReduceScatter, ReplicaGroups};
@@ -28,6 +29,7 @@ pub use indexing::{
 };
 pub use movement::{Broadcast, Concatenate, Pad, Reshape, Slice, Transpose};
 pub use reduce::{Argmax, Reduce, ReduceKind};
+pub use sort::Sort;
 pub use source::{Constant, CustomCall, GetTupleElement, Iota, Parameter, Tuple};
 
 use super::error::ShapeError;
@@ -86,6 +88,7 @@ ops!(
     Clamp,
     Reduce,
     Argmax,
+    Sort,
     AllReduce,
     AllGather,
     ReduceScatter,

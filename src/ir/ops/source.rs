@@ -149,13 +149,14 @@ impl OpRule for GetTupleElement {
     }
 }
 
-/// A call into a backend kernel (e.g. Neuron's `AwsNeuronRmsNorm`). The result type is
-/// declared by the caller, since the IR cannot know the kernel's shape rule.
+/// A call into a backend kernel (e.g. Neuron's `AwsNeuronRmsNorm`). The result type (an
+/// array, or a tuple such as `AwsNeuronTopK`'s values and indices) is declared by the caller,
+/// since the IR cannot know the kernel's shape rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CustomCall {
     pub target: String,
     pub backend_config: Vec<u8>,
-    pub ty: ArrayType,
+    pub ty: Type,
     pub has_side_effect: bool,
 }
 
@@ -170,7 +171,7 @@ impl OpRule for CustomCall {
         if self.target.is_empty() {
             return Err(ShapeError::invalid("custom-call", "empty target name"));
         }
-        Ok(Type::Array(self.ty.clone()))
+        Ok(self.ty.clone())
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
         cx.emit("custom-call", ty, operands, |i| {

@@ -1,23 +1,33 @@
-//! Grouped-query attention over a static KV cache: the causal (optionally sliding-window)
-//! mask, the cache writes of prefill and decode, and the attention core that never
-//! materialises repeated KV heads.
+//! Grouped-query attention over the set's shared KV state: the causal (optionally
+//! sliding-window) mask, the cache writes of prefill and decode at each sequence's cache row
+//! (`seq_ids`), the decode read of a bucket's prefix of those rows, and the attention core
+//! that never materialises repeated KV heads.
+//!
+//! The state is `[max_batch, kv_heads_per_rank, S_max, head_dim]` per layer and tensor. A
+//! prefill of bucket `n` writes positions `0..n` of row `seq_ids[b]`; a decode step writes
+//! position `position_ids[b]` of row `seq_ids[b]` and attends to positions `0..bucket` of
+//! that row. A batch row whose `seq_ids` (or decode position) is out of range writes nothing:
+//! the scatter form drops it (XLA's out-of-bounds rule) and the dynamic-update-slice form
+//! writes the slot's old contents back; its outputs are then unspecified.
 
 use super::recorder::Recorder;
 use super::spec::{CacheWrite, GraphKind};
+use super::Inputs;
 use crate::dsl::nn::{apply_rotary, softmax_f32};
-use crate::dsl::{DType, DotDims, OpError, ScatterCombiner, ScatterDims, Tensor};
+use crate::dsl::{DType, DotDims, GatherDims, OpError, ScatterCombiner, ScatterDims, Tensor};
 
 /// `allowed[q, k]` for causal attention with an optional sliding window (each query sees at
 /// most `window` keys, itself included), as a pred broadcastable to the scores
-/// `[B, kv_r, g, S, T]`.
+/// `[B, kv_r, g, S, T]`: within the prompt for prefill, over the bucket's cache positions by
+/// position for decode.
 pub fn attention_mask(
     cx: &Recorder<'_>,
     pos: &Tensor,
     window: Option<usize>,
 ) -> Result<Tensor, OpError> {
     let b = &cx.b;
-    let (bsz, s, smax) = (cx.spec.batch, cx.spec.seq_len, cx.spec.max_seq_len);
-    let window = window.map(|w| w as i64).filter(|&w| w < smax);
+    let (bsz, s, n) = (cx.spec.batch, cx.spec.seq_len, cx.spec.bucket);
+    let window = window.map(|w| w as i64).filter(|&w| w < n);
     let (q, k, dims) = match cx.spec.kind {
         // Prefill attends within the prompt: positions are 0..S, padding comes last.
         GraphKind::ContextEncoding => {
@@ -25,47 +35,81 @@ pub fn attention_mask(
             let k = b.iota(DType::S32, &[s, s], 1)?;
             (q, k, vec![1, 1, 1, s, s])
         }
-        // Decode attends over the whole (already updated) cache, keyed by position.
+        // Decode attends over the bucket's (already updated) cache positions, by position.
         GraphKind::TokenGeneration => {
-            let q = pos.reshape(&[bsz, s, 1])?.broadcast_to(&[bsz, s, smax])?;
-            let k = b.iota(DType::S32, &[bsz, s, smax], 2)?;
-            (q, k, vec![bsz, 1, 1, s, smax])
+            let q = pos.reshape(&[bsz, s, 1])?.broadcast_to(&[bsz, s, n])?;
+            let k = b.iota(DType::S32, &[bsz, s, n], 2)?;
+            (q, k, vec![bsz, 1, 1, s, n])
         }
     };
     let mut allowed = k.le(&q)?;
     if let Some(w) = window {
         let lower = q.sub(&q.scalar_like(w as f64)?)?;
-        allowed = allowed.select(&k.gt(&lower)?, &allowed)?;
+        allowed = allowed.and(&k.gt(&lower)?)?;
     }
     allowed.reshape(&dims)
 }
 
-/// Writes this step's K or V rows `[B, kv_r, S, hd]` into the cache.
+/// Writes `rows` (one sequence's `[1, kv_r, L, hd]`) into `cache` at `[row, 0, position, 0]`,
+/// or leaves the cache as it was when `row` is not a cache row or the rows do not fit at
+/// `position`: dynamic-update-slice would clamp the start and overwrite another sequence, so
+/// an out-of-range write puts the slot's old contents back instead.
+fn guarded_update(
+    cx: &Recorder<'_>,
+    cache: &Tensor,
+    rows: &Tensor,
+    row: &Tensor,
+    position: &Tensor,
+) -> Result<Tensor, OpError> {
+    let b = &cx.b;
+    let zero = b.scalar(DType::S32, 0.0)?;
+    let len = rows.dim(2);
+    let rows_end = row.scalar_like(cx.spec.cache_batch as f64)?;
+    let last_start = position.scalar_like((cx.spec.max_seq_len - len) as f64)?;
+    let valid = row
+        .ge(&zero)?
+        .and(&row.lt(&rows_end)?)?
+        .and(&position.ge(&zero)?)?
+        .and(&position.le(&last_start)?)?;
+    let starts = [row, &zero, position, &zero];
+    let old = cache.dynamic_slice(&starts, rows.dims())?;
+    let update = valid.select(rows, &old)?;
+    cache.dynamic_update_slice(&update, &starts)
+}
+
+/// Writes this call's K or V rows `[B, kv_r, S, hd]` into the cache rows `seq_ids`.
 pub fn write_cache(
     cx: &Recorder<'_>,
     cache: &Tensor,
     new: &Tensor,
-    pos: &Tensor,
+    inputs: &Inputs,
 ) -> Result<Tensor, OpError> {
     let b = &cx.b;
-    let zero = b.scalar(DType::S32, 0.0)?;
+    let (pos, seq_ids) = (&inputs.position_ids, &inputs.seq_ids);
+    let row_of =
+        |r: i64| -> Result<Tensor, OpError> { seq_ids.slice_dim(0, r, r + 1)?.reshape(&[]) };
     match (cx.spec.kind, cx.spec.options.decode_cache_write) {
         (GraphKind::ContextEncoding, _) => {
-            cache.dynamic_update_slice(new, &[&zero, &zero, &zero, &zero])
+            let zero = b.scalar(DType::S32, 0.0)?;
+            let mut updated = cache.clone();
+            for r in 0..cx.spec.batch {
+                let rows = new.slice_dim(0, r, r + 1)?;
+                updated = guarded_update(cx, &updated, &rows, &row_of(r)?, &zero)?;
+            }
+            Ok(updated)
         }
         (GraphKind::TokenGeneration, CacheWrite::DynamicUpdateSlice) => {
             let mut updated = cache.clone();
-            for row in 0..cx.spec.batch {
-                let r = b.scalar(DType::S32, row as f64)?;
-                let p = pos.slice(&[row, 0], &[row + 1, 1], &[1, 1])?.reshape(&[])?;
-                let rows = new.slice_dim(0, row, row + 1)?;
-                updated = updated.dynamic_update_slice(&rows, &[&r, &zero, &p, &zero])?;
+            for r in 0..cx.spec.batch {
+                let p = pos.slice(&[r, 0], &[r + 1, 1], &[1, 1])?.reshape(&[])?;
+                let rows = new.slice_dim(0, r, r + 1)?;
+                updated = guarded_update(cx, &updated, &rows, &row_of(r)?, &p)?;
             }
             Ok(updated)
         }
         (GraphKind::TokenGeneration, CacheWrite::Scatter) => {
             let (bsz, s) = (cx.spec.batch, cx.spec.seq_len);
-            let rows = b.iota(DType::S32, &[bsz, s, 1], 0)?;
+            let rows = seq_ids.reshape(&[bsz, 1, 1])?.broadcast_to(&[bsz, s, 1])?;
             let at = pos.reshape(&[bsz, s, 1])?;
             let indices = Tensor::concat(&[&rows, &at], 2)?;
             let updates = new.transpose(&[0, 2, 1, 3])?;
@@ -82,6 +126,22 @@ pub fn write_cache(
             )
         }
     }
+}
+
+/// Positions `0..bucket` of the cache rows `seq_ids`: `[B, kv_r, bucket, hd]`. An
+/// out-of-range row reads a clamped one (XLA's gather rule): wrong values, never a crash.
+pub fn read_rows(cx: &Recorder<'_>, cache: &Tensor, seq_ids: &Tensor) -> Result<Tensor, OpError> {
+    let d = cache.dims();
+    cache.gather(
+        seq_ids,
+        GatherDims {
+            offset_dims: vec![1, 2, 3],
+            collapsed_slice_dims: vec![0],
+            start_index_map: vec![0],
+            index_vector_dim: 1,
+        },
+        &[1, d[1], cx.spec.bucket, d[3]],
+    )
 }
 
 /// GQA attention that never materialises repeated KV heads: queries `[B, q_r, S, hd]` are
@@ -136,8 +196,8 @@ pub struct KvCache {
 }
 
 /// What every decoder attention does once its projections are done: rotate Q and K, write
-/// K and V into the cache, and attend (within the prompt for prefill, over the updated cache
-/// for decode). Returns the context and the updated cache.
+/// K and V into the cache, and attend (within the prompt for prefill, over the bucket's
+/// prefix of the updated cache rows for decode). Returns the context and the updated cache.
 #[allow(clippy::too_many_arguments)]
 pub fn cached_attention(
     cx: &Recorder<'_>,
@@ -146,19 +206,23 @@ pub fn cached_attention(
     v: &Tensor,
     (cos, sin): (&Tensor, &Tensor),
     cache: &KvCache,
-    pos: &Tensor,
+    inputs: &Inputs,
     allowed: &Tensor,
     scale: f64,
 ) -> Result<(Tensor, KvCache), OpError> {
     let q = apply_rotary(q, cos, sin)?;
     let k = apply_rotary(k, cos, sin)?;
     let new = KvCache {
-        key: write_cache(cx, &cache.key, &k, pos)?,
-        value: write_cache(cx, &cache.value, v, pos)?,
+        key: write_cache(cx, &cache.key, &k, inputs)?,
+        value: write_cache(cx, &cache.value, v, inputs)?,
     };
     let ctx = match cx.spec.kind {
         GraphKind::ContextEncoding => attend(cx, &q, &k, v, allowed, scale)?,
-        GraphKind::TokenGeneration => attend(cx, &q, &new.key, &new.value, allowed, scale)?,
+        GraphKind::TokenGeneration => {
+            let keys = read_rows(cx, &new.key, &inputs.seq_ids)?;
+            let values = read_rows(cx, &new.value, &inputs.seq_ids)?;
+            attend(cx, &q, &keys, &values, allowed, scale)?
+        }
     };
     Ok((ctx, new))
 }

@@ -18,7 +18,10 @@ pub mod spec;
 pub use attention::KvCache;
 pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
-pub use spec::{CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl};
+pub use spec::{
+    CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl, SamplerKernels,
+    Sampling,
+};
 
 use crate::dsl::{DType, OpError, Tensor};
 use crate::manifest::{InputRole, KvTensor, OutputRole};
@@ -38,6 +41,9 @@ pub trait DecoderModel: Send + Sync {
     fn reencode_past(&self) -> Option<usize> {
         None
     }
+    /// The ids that end generation, as `config.json` gives them (`generation_config.json`
+    /// may say otherwise; runtimes prefer it).
+    fn eos_token_ids(&self) -> Vec<u32>;
     /// Whether the checkpoint stores Q|K|V and gate|up fused (what [`Fusion::Checkpoint`]
     /// resolves to).
     fn checkpoint_fusion(&self) -> (bool, bool);
@@ -52,26 +58,38 @@ pub trait DecoderModel: Send + Sync {
     }
 }
 
+/// The per-call inputs every decoder layer may read.
+pub struct Inputs {
+    /// `s32[B, S]`.
+    pub input_ids: Tensor,
+    /// `s32[B, S]`.
+    pub position_ids: Tensor,
+    /// `s32[B]`: the cache row of each batch row.
+    pub seq_ids: Tensor,
+}
+
 /// The top module of a causal LM (`*ForCausalLM`): from token ids and positions to the logits
 /// of each sequence's last position, updating the caches.
 pub trait CausalLm {
     fn forward(
         &self,
         cx: &Recorder<'_>,
-        ids: &Tensor,
-        pos: &Tensor,
+        inputs: &Inputs,
         caches: &[KvCache],
     ) -> Result<(Logits, Vec<KvCache>), OpError>;
 }
 
 /// Records one graph of a causal LM. Inputs, in parameter order:
-/// 1. `input_ids s32[B,S]`, `position_ids s32[B,S]`;
-/// 2. the weights, as `build` declares them (each the rank's shard);
-/// 3. `rank s32[]`, only for on-device greedy sampling over vocab-sharded logits;
-/// 4. the KV caches `K_0, V_0, K_1, V_1, ...`, each `[B, kv_heads_per_rank, S_max, head_dim]`.
+/// 1. `input_ids s32[B,S]`, `position_ids s32[B,S]`, `seq_ids s32[B]`;
+/// 2. with on-device sampling, `sampling_params f32[B,3]` (top_k, top_p, temperature) and
+///    `sampling_uniform f32[B]`;
+/// 3. the weights, as `build` declares them (each the rank's shard);
+/// 4. `rank s32[]`, when on-device token selection runs over vocab-sharded logits;
+/// 5. the KV caches `K_0, V_0, K_1, V_1, ...`, each `[max_batch, kv_heads_per_rank, S_max,
+///    head_dim]`: one state that every graph of a set shares.
 ///
 /// Outputs: `logits f32[B, V]` (or `[B, V_pad/t]` when left sharded), then `next_token
-/// s32[B]` when greedy sampling is on, then the updated caches, each aliased to its input.
+/// s32[B]` with on-device token selection, then the updated caches, each aliased to its input.
 pub fn record_causal_lm<M: CausalLm>(
     model: &str,
     layers: usize,
@@ -86,32 +104,67 @@ pub fn record_causal_lm<M: CausalLm>(
             reason,
         })
     };
-    if spec.batch < 1 || spec.seq_len < 1 {
-        return bad("batch and sequence length must be at least 1".into());
+    if spec.batch < 1 || spec.seq_len < 1 || spec.bucket < 1 {
+        return bad("batch, bucket and sequence length must be at least 1".into());
     }
-    if spec.seq_len > spec.max_seq_len {
+    if spec.bucket > spec.max_seq_len {
         return bad(format!(
             "bucket {} is larger than the max sequence length {}",
-            spec.seq_len, spec.max_seq_len
+            spec.bucket, spec.max_seq_len
+        ));
+    }
+    if spec.kind == GraphKind::ContextEncoding && spec.seq_len != spec.bucket {
+        return bad("a context-encoding graph's active tokens are its bucket".into());
+    }
+    if spec.batch > spec.cache_batch {
+        return bad(format!(
+            "batch {} is larger than the cache's {} rows (max batch size)",
+            spec.batch, spec.cache_batch
         ));
     }
     let mut cx = Recorder::new(spec, plan);
-    let (bsz, s, smax) = (spec.batch, spec.seq_len, spec.max_seq_len);
-    let ids = cx.input("input_ids", DType::S32, &[bsz, s], InputRole::InputIds)?;
-    let pos = cx.input(
-        "position_ids",
-        DType::S32,
-        &[bsz, s],
-        InputRole::PositionIds,
-    )?;
+    let (bsz, s) = (spec.batch, spec.seq_len);
+    let inputs = Inputs {
+        input_ids: cx.input("input_ids", DType::S32, &[bsz, s], InputRole::InputIds)?,
+        position_ids: cx.input(
+            "position_ids",
+            DType::S32,
+            &[bsz, s],
+            InputRole::PositionIds,
+        )?,
+        seq_ids: cx.input("seq_ids", DType::S32, &[bsz], InputRole::SeqIds)?,
+    };
+    let sampler_inputs = if spec.options.sampling == Sampling::OnDevice {
+        Some((
+            cx.input(
+                "sampling_params",
+                DType::F32,
+                &[bsz, 3],
+                InputRole::SamplingParams,
+            )?,
+            cx.input(
+                "sampling_uniform",
+                DType::F32,
+                &[bsz],
+                InputRole::SamplingUniform,
+            )?,
+        ))
+    } else {
+        None
+    };
     let lm = build(&mut cx)?;
-    let sharded_greedy = spec.options.on_device_greedy && !spec.options.gather_logits;
-    let rank = if sharded_greedy {
+    let sharded_sampler = spec.options.sampling != Sampling::None && !spec.options.gather_logits;
+    let rank = if sharded_sampler {
         Some(cx.input("rank", DType::S32, &[], InputRole::Rank)?)
     } else {
         None
     };
-    let kv_dims = [bsz, plan.kv_heads_per_rank, smax, plan.head_dim];
+    let kv_dims = [
+        spec.cache_batch,
+        plan.kv_heads_per_rank,
+        spec.max_seq_len,
+        plan.head_dim,
+    ];
     let mut caches = Vec::with_capacity(layers);
     for layer in 0..layers {
         let mut kv = Vec::with_capacity(2);
@@ -126,12 +179,23 @@ pub fn record_causal_lm<M: CausalLm>(
         });
     }
 
-    let (logits, new_caches) = lm.forward(&cx, &ids, &pos, &caches)?;
+    let (logits, new_caches) = lm.forward(&cx, &inputs, &caches)?;
 
     let mut outputs: Vec<(Tensor, OutputRole, String)> = Vec::new();
     outputs.push((logits.tensor().clone(), OutputRole::Logits, "logits".into()));
-    if spec.options.on_device_greedy {
-        let next = sampling::greedy(&cx, &logits, rank.as_ref())?;
+    let next = match (spec.options.sampling, &sampler_inputs) {
+        (Sampling::None, _) => None,
+        (Sampling::Greedy, _) => Some(sampling::greedy(&cx, &logits, rank.as_ref())?),
+        (Sampling::OnDevice, Some((params, uniform))) => Some(sampling::sample(
+            &cx,
+            &logits,
+            params,
+            uniform,
+            rank.as_ref(),
+        )?),
+        (Sampling::OnDevice, None) => unreachable!("sampler inputs exist with OnDevice"),
+    };
+    if let Some(next) = next {
         outputs.push((next, OutputRole::NextToken, "next_token".into()));
     }
     let mut aliases = Vec::with_capacity(2 * layers);

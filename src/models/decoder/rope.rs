@@ -14,8 +14,9 @@ pub enum Frequencies {
         attention_factor: f64,
     },
     /// LongRoPE: the long factors when `max(position_ids) + 1 > original_max`, else the
-    /// short ones, chosen in the graph (as transformers does at run time); cos and sin are
-    /// scaled by `attention_factor`.
+    /// short ones, chosen in the graph (as transformers does at run time) for each batch row
+    /// on its own, so that sequences batched together each get what they would get alone;
+    /// cos and sin are scaled by `attention_factor`.
     LongRope {
         short_inv: Vec<f64>,
         long_inv: Vec<f64>,
@@ -109,9 +110,11 @@ impl RotaryEmbedding {
             } => {
                 let short = b.constant_f64(DType::F32, &[half], short_inv)?;
                 let long = b.constant_f64(DType::F32, &[half], long_inv)?;
-                let seq_len = pos.reduce_max(&[0, 1])?.add_scalar(1.0)?;
-                let omax = b.scalar(DType::S32, *original_max as f64)?;
-                (seq_len.gt(&omax)?.select(&long, &short)?, *attention_factor)
+                // Per row: [B] sequence lengths → [B, 1, half] frequencies.
+                let seq_len = pos.reduce_max(&[1])?.add_scalar(1.0)?;
+                let use_long = seq_len.gt(&seq_len.scalar_like(*original_max as f64)?)?;
+                let use_long = use_long.reshape(&[bsz, 1, 1])?;
+                (use_long.select(&long, &short)?, *attention_factor)
             }
         };
         let freqs = pos.convert(DType::F32)?.reshape(&[bsz, s, 1])?.mul(&inv)?;

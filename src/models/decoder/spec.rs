@@ -4,6 +4,30 @@ use crate::ir::DType;
 pub use crate::manifest::GraphKind;
 pub use crate::parallel::LinearForm;
 
+/// What the graph returns besides the logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Sampling {
+    /// Logits only; the host picks the token.
+    #[default]
+    None,
+    /// `next_token s32[B]`: the argmax (ties to the lower id), over vocab-sharded logits too.
+    Greedy,
+    /// `next_token s32[B]` drawn from per-row `sampling_params f32[B,3]` (top_k, top_p,
+    /// temperature) with one host-drawn `sampling_uniform f32[B]` per row; see
+    /// [`super::sampling::sample`] for the exact rule.
+    OnDevice,
+}
+
+/// How the sampler's argmax and top-k are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SamplerKernels {
+    /// From primitives: a variadic-reduce argmax, a stable sort for top-k. Runs everywhere.
+    #[default]
+    Primitives,
+    /// Neuron's `AwsNeuronArgMax` / `AwsNeuronTopK` custom calls (Neuron only).
+    Neuron,
+}
+
 /// How decode writes the new K/V rows into the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheWrite {
@@ -56,8 +80,12 @@ pub struct GraphOptions {
     /// gate/up as one weight per layer, or two.
     pub gate_up: Fusion,
     pub decode_cache_write: CacheWrite,
-    /// Emit `next_token`, an on-device greedy argmax (a variadic reduce: not Neuron-safe).
-    pub on_device_greedy: bool,
+    /// On-device token selection.
+    pub sampling: Sampling,
+    pub sampler_kernels: SamplerKernels,
+    /// The on-device sampler's static top-k bound: the largest `top_k` a request may ask for
+    /// (NxDI's `global_topk`); capped at each rank's vocab slice.
+    pub max_top_k: i64,
     /// All-gather the logits to the full vocab; otherwise each rank returns its vocab shard.
     pub gather_logits: bool,
     pub rms_norm: NormImpl,
@@ -77,9 +105,21 @@ impl GraphOptions {
         }
     }
 
+    /// What `build-graphs --preset neuron` emits: NxD's forms, with Neuron's own kernels for
+    /// the sampler's argmax and top-k (documented custom calls, where the variadic-reduce
+    /// argmax has been reported to take a decode compile from about 1 to 22 minutes).
+    pub fn neuron() -> Self {
+        GraphOptions {
+            sampler_kernels: SamplerKernels::Neuron,
+            ..GraphOptions::default()
+        }
+    }
+
     /// False when the graph needs a kernel only Neuron has.
     pub fn runs_on_cpu(&self) -> bool {
-        self.rms_norm == NormImpl::Primitives
+        let neuron_sampler =
+            self.sampling != Sampling::None && self.sampler_kernels == SamplerKernels::Neuron;
+        self.rms_norm == NormImpl::Primitives && !neuron_sampler
     }
 }
 
@@ -89,7 +129,9 @@ impl Default for GraphOptions {
             qkv: Fusion::Checkpoint,
             gate_up: Fusion::Checkpoint,
             decode_cache_write: CacheWrite::Scatter,
-            on_device_greedy: false,
+            sampling: Sampling::None,
+            sampler_kernels: SamplerKernels::Primitives,
+            max_top_k: 256,
             gather_logits: true,
             rms_norm: NormImpl::Primitives,
             linear: LinearForm::ActivationFirst,
@@ -97,36 +139,52 @@ impl Default for GraphOptions {
     }
 }
 
+/// One graph of a set. Every graph of a set shares one KV state of `cache_batch` rows of
+/// `max_seq_len` positions; a graph's `batch` rows map to cache rows through its `seq_ids`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GraphSpec {
     pub kind: GraphKind,
+    /// Sequences per call.
     pub batch: i64,
     /// Active tokens per sequence: the bucket length for prefill, 1 for decode.
     pub seq_len: i64,
-    /// KV-cache length.
+    /// The bucket: prefill writes positions `0..bucket`; decode attends to positions
+    /// `0..bucket` of each sequence's cache row.
+    pub bucket: i64,
+    /// KV-cache length (positions per cache row), shared by the set.
     pub max_seq_len: i64,
+    /// KV-cache rows (`max_batch_size`), shared by the set.
+    pub cache_batch: i64,
     pub dtype: DType,
     pub options: GraphOptions,
 }
 
 impl GraphSpec {
+    /// Prefill of `batch` prompts into a bucket of `bucket` positions, over a cache of
+    /// `batch` rows of `max_seq_len` (see [`GraphSpec::with_cache_batch`]).
     pub fn context_encoding(batch: i64, bucket: i64, max_seq_len: i64, dtype: DType) -> Self {
         GraphSpec {
             kind: GraphKind::ContextEncoding,
             batch,
             seq_len: bucket,
+            bucket,
             max_seq_len,
+            cache_batch: batch,
             dtype,
             options: GraphOptions::default(),
         }
     }
 
+    /// One decode step of `batch` sequences attending to the whole cache of `max_seq_len`
+    /// (see [`GraphSpec::with_bucket`] for a shorter prefix).
     pub fn token_generation(batch: i64, max_seq_len: i64, dtype: DType) -> Self {
         GraphSpec {
             kind: GraphKind::TokenGeneration,
             batch,
             seq_len: 1,
+            bucket: max_seq_len,
             max_seq_len,
+            cache_batch: batch,
             dtype,
             options: GraphOptions::default(),
         }
@@ -136,12 +194,29 @@ impl GraphSpec {
         GraphSpec { options, ..self }
     }
 
-    /// E.g. `cte_b1_s128` (prefill bucket 128) or `tkg_b1_s4096` (decode, cache 4096).
+    /// A decode graph attending to cache positions `0..bucket` only.
+    pub fn with_bucket(self, bucket: i64) -> Self {
+        match self.kind {
+            GraphKind::TokenGeneration => GraphSpec { bucket, ..self },
+            GraphKind::ContextEncoding => GraphSpec {
+                bucket,
+                seq_len: bucket,
+                ..self
+            },
+        }
+    }
+
+    /// A cache of `rows` sequences (`max_batch_size`), of which this graph serves `batch`.
+    pub fn with_cache_batch(self, rows: i64) -> Self {
+        GraphSpec {
+            cache_batch: rows,
+            ..self
+        }
+    }
+
+    /// E.g. `cte_b1_s128` (prefill bucket 128) or `tkg_b4_s1024` (decode, batch 4, attending
+    /// to 1024 positions).
     pub fn name(&self) -> String {
-        let s = match self.kind {
-            GraphKind::ContextEncoding => self.seq_len,
-            GraphKind::TokenGeneration => self.max_seq_len,
-        };
-        format!("{}_b{}_s{}", self.kind.short(), self.batch, s)
+        format!("{}_b{}_s{}", self.kind.short(), self.batch, self.bucket)
     }
 }

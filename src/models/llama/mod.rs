@@ -40,6 +40,10 @@ impl DecoderModel for LlamaConfig {
         self.max_position_embeddings
     }
 
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_ids.clone()
+    }
+
     fn checkpoint_fusion(&self) -> (bool, bool) {
         (false, false)
     }

@@ -18,7 +18,7 @@ use crate::models::decoder::layers::{
 use crate::models::decoder::rope::{
     inverse_frequencies, llama3_inverse_frequencies, Frequencies, RotaryEmbedding,
 };
-use crate::models::decoder::{part, BuildError, CausalLm, KvCache, Recorder};
+use crate::models::decoder::{part, BuildError, CausalLm, Inputs, KvCache, Recorder};
 use crate::weights::{ShardRule, WeightPart};
 
 /// `LlamaRotaryEmbedding`: plain RoPE or Llama 3's frequency scaling, over the whole head.
@@ -141,12 +141,12 @@ impl LlamaAttention {
         x: &Tensor,
         rope: (&Tensor, &Tensor),
         cache: &KvCache,
-        pos: &Tensor,
+        inputs: &Inputs,
         mask: &Tensor,
     ) -> Result<(Tensor, KvCache), OpError> {
         let names = ["qkv_proj", "q_proj", "k_proj", "v_proj"];
         let (q, k, v) = self.qkv.forward(cx, x, names)?;
-        let (ctx, cache) = cached_attention(cx, &q, &k, &v, rope, cache, pos, mask, self.scale)?;
+        let (ctx, cache) = cached_attention(cx, &q, &k, &v, rope, cache, inputs, mask, self.scale)?;
         let _p = cx.b.scope("o_proj");
         Ok((self.o_proj.forward(cx, &ctx)?, cache))
     }
@@ -224,7 +224,7 @@ impl LlamaDecoderLayer {
         hidden: &Tensor,
         rope: (&Tensor, &Tensor),
         cache: &KvCache,
-        pos: &Tensor,
+        inputs: &Inputs,
         mask: &Tensor,
     ) -> Result<(Tensor, KvCache), OpError> {
         let b = &cx.b;
@@ -234,7 +234,7 @@ impl LlamaDecoderLayer {
         };
         let (attn_out, cache) = {
             let _s = b.scope("self_attn");
-            self.self_attn.forward(cx, &x, rope, cache, pos, mask)?
+            self.self_attn.forward(cx, &x, rope, cache, inputs, mask)?
         };
         let hidden = hidden.add(&attn_out)?;
         let x = {
@@ -284,15 +284,15 @@ impl LlamaModel {
     pub fn forward(
         &self,
         cx: &Recorder<'_>,
-        ids: &Tensor,
-        pos: &Tensor,
+        inputs: &Inputs,
         caches: &[KvCache],
     ) -> Result<(Tensor, Vec<KvCache>), OpError> {
         let b = &cx.b;
+        let pos = &inputs.position_ids;
         let _m = b.scope("model");
         let mut hidden = {
             let _s = b.scope("embed_tokens");
-            self.embed_tokens.forward(cx, ids)?
+            self.embed_tokens.forward(cx, &inputs.input_ids)?
         };
         let (cos, sin) = self.rotary_emb.forward(cx, pos)?;
         let mask = {
@@ -302,7 +302,7 @@ impl LlamaModel {
         let mut new_caches = Vec::with_capacity(self.layers.len());
         for (l, (layer, cache)) in self.layers.iter().zip(caches).enumerate() {
             let _s = b.scope(format!("layers.{l}"));
-            let (h, c) = layer.forward(cx, &hidden, (&cos, &sin), cache, pos, &mask)?;
+            let (h, c) = layer.forward(cx, &hidden, (&cos, &sin), cache, inputs, &mask)?;
             hidden = h;
             new_caches.push(c);
         }
@@ -340,11 +340,10 @@ impl CausalLm for LlamaForCausalLM {
     fn forward(
         &self,
         cx: &Recorder<'_>,
-        ids: &Tensor,
-        pos: &Tensor,
+        inputs: &Inputs,
         caches: &[KvCache],
     ) -> Result<(Logits, Vec<KvCache>), OpError> {
-        let (hidden, caches) = self.model.forward(cx, ids, pos, caches)?;
+        let (hidden, caches) = self.model.forward(cx, inputs, caches)?;
         let _s = cx.b.scope("lm_head");
         Ok((self.lm_head.forward(cx, &hidden)?, caches))
     }

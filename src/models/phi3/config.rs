@@ -29,7 +29,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use crate::models::config::ConfigError;
-use crate::models::config::{parse_raw, read_text, Ctx};
+use crate::models::config::{parse_raw, read_text, Ctx, TokenIds};
 
 /// The embedded `config.json` files, as `(short name, JSON text)`. The JSON is byte-for-byte the
 /// public Hugging Face file (see `shared/reference/configs/README.md` for provenance).
@@ -149,7 +149,10 @@ pub struct Phi3Config {
     pub hidden_act: HiddenAct,
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
+    /// The first of `eos_token_ids`.
     pub eos_token_id: Option<u32>,
+    /// `eos_token_id` as written: one id or a list.
+    pub eos_token_ids: Vec<u32>,
     pub rope: RopeScaling,
 }
 
@@ -205,7 +208,7 @@ struct RawConfig {
     hidden_act: Option<String>,
     pad_token_id: Option<u32>,
     bos_token_id: Option<u32>,
-    eos_token_id: Option<u32>,
+    eos_token_id: Option<TokenIds>,
     rope_scaling: Option<RawRope>,
     rope_parameters: Option<RawRope>,
 }
@@ -523,7 +526,11 @@ impl Phi3Config {
             hidden_act,
             pad_token_id: raw.pad_token_id,
             bos_token_id: raw.bos_token_id,
-            eos_token_id: raw.eos_token_id,
+            eos_token_id: raw
+                .eos_token_id
+                .as_ref()
+                .and_then(|e| e.to_vec().first().copied()),
+            eos_token_ids: raw.eos_token_id.map(|e| e.to_vec()).unwrap_or_default(),
             rope,
         })
     }

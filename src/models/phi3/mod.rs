@@ -51,6 +51,10 @@ impl DecoderModel for Phi3Config {
             .then_some(self.original_max_position_embeddings)
     }
 
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_ids.clone()
+    }
+
     fn checkpoint_fusion(&self) -> (bool, bool) {
         (true, true)
     }

@@ -18,7 +18,7 @@ use crate::models::decoder::layers::{
     RmsNorm, RowLinear,
 };
 use crate::models::decoder::rope::{inverse_frequencies, Frequencies, RotaryEmbedding};
-use crate::models::decoder::{part, BuildError, CausalLm, KvCache, Recorder};
+use crate::models::decoder::{part, BuildError, CausalLm, Inputs, KvCache, Recorder};
 
 /// `Phi3RotaryEmbedding`: plain or LongRoPE, over `rotary_dim` channels (partial rotary).
 pub struct Phi3RotaryEmbedding(RotaryEmbedding);
@@ -103,12 +103,12 @@ impl Phi3Attention {
         x: &Tensor,
         rope: (&Tensor, &Tensor),
         cache: &KvCache,
-        pos: &Tensor,
+        inputs: &Inputs,
         mask: &Tensor,
     ) -> Result<(Tensor, KvCache), OpError> {
         let names = ["qkv_proj", "q_proj", "k_proj", "v_proj"];
         let (q, k, v) = self.qkv.forward(cx, x, names)?;
-        let (ctx, cache) = cached_attention(cx, &q, &k, &v, rope, cache, pos, mask, self.scale)?;
+        let (ctx, cache) = cached_attention(cx, &q, &k, &v, rope, cache, inputs, mask, self.scale)?;
         let _p = cx.b.scope("o_proj");
         Ok((self.o_proj.forward(cx, &ctx)?, cache))
     }
@@ -188,7 +188,7 @@ impl Phi3DecoderLayer {
         hidden: &Tensor,
         rope: (&Tensor, &Tensor),
         cache: &KvCache,
-        pos: &Tensor,
+        inputs: &Inputs,
         mask: &Tensor,
     ) -> Result<(Tensor, KvCache), OpError> {
         let b = &cx.b;
@@ -198,7 +198,7 @@ impl Phi3DecoderLayer {
         };
         let (attn_out, cache) = {
             let _s = b.scope("self_attn");
-            self.self_attn.forward(cx, &x, rope, cache, pos, mask)?
+            self.self_attn.forward(cx, &x, rope, cache, inputs, mask)?
         };
         let hidden = hidden.add(&attn_out)?;
         let x = {
@@ -251,15 +251,15 @@ impl Phi3Model {
     pub fn forward(
         &self,
         cx: &Recorder<'_>,
-        ids: &Tensor,
-        pos: &Tensor,
+        inputs: &Inputs,
         caches: &[KvCache],
     ) -> Result<(Tensor, Vec<KvCache>), OpError> {
         let b = &cx.b;
+        let pos = &inputs.position_ids;
         let _m = b.scope("model");
         let mut hidden = {
             let _s = b.scope("embed_tokens");
-            self.embed_tokens.forward(cx, ids)?
+            self.embed_tokens.forward(cx, &inputs.input_ids)?
         };
         let (cos, sin) = self.rotary_emb.forward(cx, pos)?;
         let mask = {
@@ -269,7 +269,7 @@ impl Phi3Model {
         let mut new_caches = Vec::with_capacity(self.layers.len());
         for (l, (layer, cache)) in self.layers.iter().zip(caches).enumerate() {
             let _s = b.scope(format!("layers.{l}"));
-            let (h, c) = layer.forward(cx, &hidden, (&cos, &sin), cache, pos, &mask)?;
+            let (h, c) = layer.forward(cx, &hidden, (&cos, &sin), cache, inputs, &mask)?;
             hidden = h;
             new_caches.push(c);
         }
@@ -307,11 +307,10 @@ impl CausalLm for Phi3ForCausalLM {
     fn forward(
         &self,
         cx: &Recorder<'_>,
-        ids: &Tensor,
-        pos: &Tensor,
+        inputs: &Inputs,
         caches: &[KvCache],
     ) -> Result<(Logits, Vec<KvCache>), OpError> {
-        let (hidden, caches) = self.model.forward(cx, ids, pos, caches)?;
+        let (hidden, caches) = self.model.forward(cx, inputs, caches)?;
         let _s = cx.b.scope("lm_head");
         Ok((self.lm_head.forward(cx, &hidden)?, caches))
     }
