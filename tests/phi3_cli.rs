@@ -221,3 +221,457 @@ fn shard_writes_one_safetensors_file_per_rank() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+// ---- The artifact path: build-graphs + phi3 shard + phi3 generate --graphs --weights ----
+
+fn build_graphs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_build-graphs"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.starts_with("phi3: error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"))
+        .to_string()
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("phi3-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a set and its rank files for `fixture` at `tp` into `dir`; returns (graphs, weights).
+fn artifacts(fixture_name: &str, tp: i64, dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let model = fixture(fixture_name);
+    let out = dir.join("graphs");
+    let tp_s = tp.to_string();
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--tp",
+        &tp_s,
+        "--dtype",
+        "f32",
+        "--buckets",
+        "16,32,64",
+        "--max-batch-size",
+        "2",
+        "--format",
+        "pb",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(build_graphs(&args), "build-graphs");
+    let graphs = out.join(fixture_name).join(format!("tp{tp}"));
+    let weights = dir.join("weights");
+    ok(
+        phi3(&[
+            "shard",
+            "--model",
+            model.to_str().unwrap(),
+            "--graphs",
+            graphs.to_str().unwrap(),
+            "--out",
+            weights.to_str().unwrap(),
+        ]),
+        "shard",
+    );
+    (graphs, weights)
+}
+
+fn all_cases(name: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+const ALL_FIXTURES: [&str; 10] = [
+    "mha",
+    "gqa",
+    "gqa_mha_convert",
+    "longrope",
+    "partial_rotary",
+    "phi4_like",
+    "sliding_window",
+    "tied",
+    "llama_gqa",
+    "llama_bias_tied",
+];
+
+/// Every fixture, from written artifacts, at tp 1, 2 and 4: the first case's logits within
+/// 1e-4 of HF and its 16 greedy tokens; then every case as one JSONL batch over two cache
+/// rows, each exactly its single-sequence result.
+#[test]
+fn artifacts_match_hf_at_tp_1_2_4() {
+    let cache = scratch("artifact-cache");
+    for name in ALL_FIXTURES {
+        for tp in [1, 2, 4] {
+            let dir = scratch(&format!("art-{name}-{tp}"));
+            let (graphs, weights) = artifacts(name, tp, &dir, &[]);
+            let (g, w, c) = (
+                graphs.to_str().unwrap(),
+                weights.to_str().unwrap(),
+                cache.to_str().unwrap(),
+            );
+            let cases = all_cases(name);
+            let first = &cases[0];
+            let out = ok(
+                phi3(&[
+                    "generate",
+                    "--graphs",
+                    g,
+                    "--weights",
+                    w,
+                    "--prompt-ids",
+                    &ids(first),
+                    "--max-new-tokens",
+                    "16",
+                    "--logits",
+                    "--cache",
+                    c,
+                ]),
+                &format!("{name} tp={tp}"),
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["tokens"], first["greedy_16"], "{name} tp={tp}");
+            assert_eq!(v["finish_reason"], "length");
+            let diff = v["last_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(first["last_logits"].as_array().unwrap())
+                .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+                .fold(0.0, f64::max);
+            assert!(diff <= 1e-4, "{name} tp={tp}: logits differ by {diff}");
+            let jsonl = dir.join("requests.jsonl");
+            let lines: Vec<String> = cases
+                .iter()
+                .map(|c| serde_json::json!({ "prompt_ids": c["prompt_ids"] }).to_string())
+                .collect();
+            std::fs::write(&jsonl, lines.join("\n")).unwrap();
+            let out = ok(
+                phi3(&[
+                    "generate",
+                    "--graphs",
+                    g,
+                    "--weights",
+                    w,
+                    "--prompts",
+                    jsonl.to_str().unwrap(),
+                    "--max-new-tokens",
+                    "16",
+                    "--cache",
+                    c,
+                ]),
+                &format!("{name} tp={tp} jsonl"),
+            );
+            let results: Vec<serde_json::Value> = out
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(results.len(), cases.len());
+            for (i, (r, c)) in results.iter().zip(&cases).enumerate() {
+                assert_eq!(r["tokens"], c["greedy_16"], "{name} tp={tp} request {i}");
+            }
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+fn tokenizer_case() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixture("gqa").join("tokenizer_case.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Text in, text out: HF's tokens for the prompt, HF's greedy continuation and HF's decoded
+/// text; the same through the chat template. The --model path builds into the cache once and
+/// the second run compiles nothing.
+#[test]
+fn text_prompts_and_chat_match_hf() {
+    let cache = scratch("text-cache");
+    let model = fixture("gqa");
+    let case = tokenizer_case();
+    let (m, c) = (model.to_str().unwrap(), cache.to_str().unwrap());
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--max-new-tokens",
+        "16",
+        "--cache",
+        c,
+        "--timings",
+    ];
+    let v: serde_json::Value = serde_json::from_str(&ok(phi3(&args), "text")).unwrap();
+    assert_eq!(v["tokens"], case["text"]["greedy_16"]);
+    assert_eq!(v["text"], case["text"]["text"]);
+    for key in [
+        "load_s",
+        "compile_s",
+        "prefill_s",
+        "decode_ms_per_token",
+        "peak_rss_mb",
+    ] {
+        assert!(v["timings"][key].is_number(), "{key}: {}", v["timings"]);
+    }
+    let second = phi3(&args);
+    let err = String::from_utf8_lossy(&second.stderr).to_string();
+    ok(second, "second run");
+    assert!(err.contains("from the cache, no XLA compile"), "{err}");
+    let user = case["messages"][0]["content"].as_str().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        phi3(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            user,
+            "--chat",
+            "--max-new-tokens",
+            "16",
+            "--cache",
+            c,
+        ]),
+        "chat",
+    ))
+    .unwrap();
+    assert_eq!(v["tokens"], case["chat"]["greedy_16"]);
+    assert_eq!(v["text"], case["chat"]["text"]);
+    // Streaming prints one line per token before the result.
+    let out = ok(
+        phi3(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt-ids",
+            &ids(&expected_case("gqa")),
+            "--max-new-tokens",
+            "4",
+            "--stream",
+            "--cache",
+            c,
+        ]),
+        "stream",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(first["token"], expected_case("gqa")["greedy_16"][0]);
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+/// EOS from generation_config.json stops generation (the token is kept), and --ignore-eos
+/// runs to the length.
+#[test]
+fn eos_stops_generation() {
+    let dir = scratch("eos");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("gqa").join(f), dir.join(f)).unwrap();
+    }
+    let case = expected_case("gqa");
+    let greedy: Vec<i64> = case["greedy_16"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    let eos = greedy[3];
+    let first = greedy.iter().position(|&t| t == eos).unwrap();
+    std::fs::write(
+        dir.join("generation_config.json"),
+        serde_json::json!({ "eos_token_id": [9999, eos] }).to_string(),
+    )
+    .unwrap();
+    let cache = dir.join("cache");
+    let prompt = ids(&case);
+    let run_it = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-ids",
+            &prompt,
+            "--max-new-tokens",
+            "16",
+            "--cache",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(phi3(&args), "eos")).unwrap()
+    };
+    let v = run_it(&[]);
+    assert_eq!(v["finish_reason"], "eos");
+    assert_eq!(v["tokens"], serde_json::json!(greedy[..=first]));
+    let v = run_it(&["--ignore-eos"]);
+    assert_eq!(v["finish_reason"], "length");
+    assert_eq!(v["tokens"], case["greedy_16"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sampling on the device is reproducible from the seed.
+#[test]
+fn sampling_is_reproducible_from_the_seed() {
+    let cache = scratch("sample-cache");
+    let model = fixture("phi4_like");
+    let (m, c) = (model.to_str().unwrap(), cache.to_str().unwrap());
+    let prompt = ids(&expected_case("phi4_like"));
+    let sample = |seed: &str| -> serde_json::Value {
+        let out = ok(
+            phi3(&[
+                "generate",
+                "--model",
+                m,
+                "--prompt-ids",
+                &prompt,
+                "--max-new-tokens",
+                "12",
+                "--temperature",
+                "1.5",
+                "--top-k",
+                "50",
+                "--top-p",
+                "0.95",
+                "--seed",
+                seed,
+                "--cache",
+                c,
+            ]),
+            "sample",
+        );
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["tokens"].clone()
+    };
+    let (a, b, other) = (sample("7"), sample("7"), sample("8"));
+    assert_eq!(a, b, "the same seed gives the same tokens");
+    assert_ne!(a, other, "another seed gives other tokens");
+    let greedy12: Vec<serde_json::Value> =
+        expected_case("phi4_like")["greedy_16"].as_array().unwrap()[..12].to_vec();
+    assert_ne!(
+        a,
+        serde_json::Value::Array(greedy12),
+        "sampling is not greedy here"
+    );
+    std::fs::remove_dir_all(&cache).ok();
+}
+
+/// Bad artifacts and requests: one clear line each.
+#[test]
+fn bad_artifacts_and_requests_give_one_clear_line() {
+    let dir = scratch("bad-artifacts");
+    let (graphs, weights) = artifacts("mha", 2, &dir, &[]);
+    let (g, w) = (graphs.to_str().unwrap(), weights.to_str().unwrap());
+    let cache = dir.join("cache");
+    let c = cache.to_str().unwrap();
+    let gen = |g: &str, w: &str, extra: &[&str]| -> Output {
+        let mut args = vec!["generate", "--graphs", g, "--weights", w, "--cache", c];
+        args.extend_from_slice(extra);
+        phi3(&args)
+    };
+    // Weights sharded for another tp.
+    let (_, weights1) = artifacts("mha", 1, &dir.join("tp1"), &[]);
+    let line = error_line(&gen(
+        g,
+        weights1.to_str().unwrap(),
+        &["--prompt-ids", "1,2"],
+    ));
+    assert!(
+        line.contains("rank files for 1 rank(s)") && line.contains("tp=2"),
+        "{line}"
+    );
+    let (graphs1, _) = artifacts("mha", 1, &dir.join("tp1b"), &[]);
+    let line = error_line(&gen(graphs1.to_str().unwrap(), w, &["--prompt-ids", "1,2"]));
+    assert!(
+        line.contains("rank files for 2 rank(s)") && line.contains("tp=1"),
+        "{line}"
+    );
+    // A rank file without one tensor, and with one tensor of another shape.
+    for (what, expected) in [
+        ("missing", "no tensor `model.norm.weight`"),
+        ("shape", "[63]"),
+    ] {
+        let bad = dir.join(format!("weights-{what}"));
+        std::fs::create_dir_all(&bad).unwrap();
+        for rank in 0..2 {
+            let name = format!("tp{rank}.safetensors");
+            let bytes = std::fs::read(weights.join(&name)).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+                .tensors()
+                .into_iter()
+                .filter(|(n, _)| what != "missing" || n != "model.norm.weight")
+                .collect();
+            let short;
+            if what == "shape" {
+                let i = tensors
+                    .iter()
+                    .position(|(n, _)| n == "model.norm.weight")
+                    .unwrap();
+                short = tensors[i].1.data()[..63 * 4].to_vec();
+                tensors[i].1 =
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![63], &short)
+                        .unwrap();
+            }
+            std::fs::write(
+                bad.join(&name),
+                safetensors::serialize(tensors, None).unwrap(),
+            )
+            .unwrap();
+        }
+        let line = error_line(&gen(g, bad.to_str().unwrap(), &["--prompt-ids", "1,2"]));
+        assert!(
+            line.contains("weights do not match the manifest") && line.contains(expected),
+            "{what}: {line}"
+        );
+    }
+    // A prompt longer than the largest bucket (64).
+    let long: Vec<String> = (0..65).map(|i| (i % 200).to_string()).collect();
+    let line = error_line(&gen(g, w, &["--prompt-ids", &long.join(",")]));
+    assert!(
+        line.contains("65 tokens is longer than the largest context-encoding bucket (64)"),
+        "{line}"
+    );
+    // A tokenizer with more tokens than the model (gqa's has 384, mha 256).
+    let tok = fixture("gqa").join("tokenizer.json");
+    let line = error_line(&gen(
+        g,
+        w,
+        &["--prompt", "hello", "--tokenizer", tok.to_str().unwrap()],
+    ));
+    assert!(
+        line.contains("384 tokens, more than the model's vocab_size 256"),
+        "{line}"
+    );
+    // A missing plugin.
+    let line = error_line(&gen(
+        g,
+        w,
+        &["--prompt-ids", "1", "--plugin", "/nonexistent/pjrt.so"],
+    ));
+    assert!(line.contains("/nonexistent/pjrt.so"), "{line}");
+    // Graphs that need Neuron-only kernels.
+    let (neuron, _) = artifacts("mha", 2, &dir.join("neuron"), &["--rmsnorm", "custom-call"]);
+    let line = error_line(&gen(neuron.to_str().unwrap(), w, &["--prompt-ids", "1,2"]));
+    assert!(line.contains("Neuron-only custom calls"), "{line}");
+    std::fs::remove_dir_all(&dir).ok();
+}

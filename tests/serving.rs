@@ -217,3 +217,78 @@ fn a_stop_token_ends_generation() {
     assert_eq!(c.tokens, want[..=first]);
     assert_eq!(c.finish_reason, phi3_neuron::run::FinishReason::Eos);
 }
+
+/// The on-device sampler on the real models' logits: for each (prompt, top_k, top_p,
+/// temperature, uniform) that `tools/make-fixtures` wrote to `sampling.json`, the token an
+/// independent float64 implementation of the rule picks from HF's logits (cases within 1e-4
+/// of a boundary were left out, since our logits are within 1e-4 of HF's). Vocab-sharded at
+/// tp 2 and full-vocab at tp 1, prompts batched 8 to a prefill call.
+#[test]
+fn on_device_sampling_matches_the_rule_on_hf_logits() {
+    for (fixture, tp, gather) in [("gqa", 2, false), ("llama_gqa", 1, true)] {
+        let text = std::fs::read_to_string(fixture_dir(fixture).join("sampling.json")).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let options = GraphOptions {
+            sampling: Sampling::OnDevice,
+            max_top_k: doc["max_top_k"].as_i64().unwrap(),
+            gather_logits: gather,
+            ..GraphOptions::default()
+        };
+        let shape = SetShape {
+            cte_buckets: vec![16],
+            tkg_buckets: vec![16],
+            max_seq_len: 16,
+            max_batch: 8,
+            ctx_batch: 8,
+        };
+        let engine = engine_for(
+            &plugin(),
+            &fixture_dir(fixture),
+            tp,
+            DType::F32,
+            &shape,
+            &options,
+        )
+        .unwrap();
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 60, "{fixture}: {} cases", cases.len());
+        let f = |c: &serde_json::Value, k: &str| c[k].as_f64().unwrap() as f32;
+        let mut state = engine.new_state().unwrap();
+        for group in cases.chunks(8) {
+            let prompts: Vec<Vec<i32>> = group
+                .iter()
+                .map(|c| {
+                    c["prompt_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap() as i32)
+                        .collect()
+                })
+                .collect();
+            let rows: Vec<phi3_neuron::run::PrefillRow<'_>> = group
+                .iter()
+                .zip(&prompts)
+                .enumerate()
+                .map(|(row, (c, p))| phi3_neuron::run::PrefillRow {
+                    seq_id: row,
+                    tokens: p,
+                    sampler: phi3_neuron::run::SamplerRow {
+                        top_k: f(c, "top_k"),
+                        top_p: f(c, "top_p"),
+                        temperature: f(c, "temperature"),
+                        uniform: f(c, "uniform"),
+                    },
+                })
+                .collect();
+            let out = engine.prefill(&mut state, &rows).unwrap();
+            for (c, o) in group.iter().zip(&out) {
+                assert_eq!(
+                    o.next_token.unwrap() as i64,
+                    c["token"].as_i64().unwrap(),
+                    "{fixture} tp={tp}: {c}"
+                );
+            }
+        }
+    }
+}

@@ -7,10 +7,9 @@
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi3_neuron::build::manifest::{graph_entry, manifest, weights_table, GraphArtifact, SetInfo};
-use phi3_neuron::build::set::build_all;
-use phi3_neuron::build::{default_jobs, to_dot, BuiltGraph, SetError};
+use phi3_neuron::build::set::{write_graphs, write_manifest, WriteOptions};
+use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
-use phi3_neuron::files::{remove_stale_temporaries, write_atomic};
 use phi3_neuron::models::decoder::{
     CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl, SamplerKernels,
     Sampling,
@@ -365,56 +364,26 @@ fn run(args: Args) -> Result<(), String> {
         .join(model_dir_name(model.name()))
         .join(format!("tp{}", args.tp));
     let total = Instant::now();
-    // A manifest must only ever describe the files beside it. Take the old one away before the
-    // first graph file changes; the new one is written after the last. An interrupted run
-    // therefore leaves no manifest, rather than one that names files of another build.
-    remove_stale_temporaries(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    match std::fs::remove_file(dir.join("manifest.json")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("{}: {e}", dir.join("manifest.json").display()))
-        }
-        _ => {}
-    }
-    // Each graph is written as soon as it is built, then its proto is dropped: holding every
-    // module of a large set until the end would multiply peak memory by the set's size.
-    let write_files = |b: &BuiltGraph| -> Result<Vec<String>, SetError> {
-        let name = b.recorded.spec.name();
-        let mut files = Vec::new();
-        let mut write = |file: String, bytes: &[u8]| -> Result<(), SetError> {
-            let path = dir.join(&file);
-            write_atomic(&path, bytes).map_err(|error| SetError::Write { path, error })?;
-            files.push(file);
-            Ok(())
-        };
-        if write_pb {
-            write(format!("{name}.hlo.pb"), &b.bytes)?;
-        }
-        if write_txt {
-            write(format!("{name}.hlo.txt"), b.text(args.tp).as_bytes())?;
-        }
-        if args.dot {
-            write(
-                format!("{name}.dot"),
-                to_dot(&b.recorded.graph, 3).as_bytes(),
-            )?;
-        }
-        Ok(files)
-    };
     let progress = ProgressBar::new(specs.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} graphs").expect("valid template"),
     );
-    let built_all = build_all(
+    let written = write_graphs(
         model.as_ref(),
         &plan,
         &specs,
-        args.jobs,
-        &write_files,
+        &dir,
+        WriteOptions {
+            pb: write_pb,
+            txt: write_txt,
+            dot: args.dot,
+            jobs: args.jobs,
+        },
         &|| progress.inc(1),
     );
     progress.finish_and_clear();
     let (built, files_per_graph): (Vec<BuiltGraph>, Vec<Vec<String>>) =
-        built_all.map_err(|e| e.to_string())?.into_iter().unzip();
+        written.map_err(|e| e.to_string())?.into_iter().unzip();
     let flags: Vec<Vec<String>> = built
         .iter()
         .map(|b| {
@@ -466,10 +435,8 @@ fn run(args: Args) -> Result<(), String> {
         options: &options,
         specs: &specs,
     };
-    let text = manifest(&set, weights, entries).to_json_pretty();
     // The manifest goes last, so it never names a file that is not fully written.
-    write_atomic(&dir.join("manifest.json"), text.as_bytes())
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_manifest(&dir, &manifest(&set, weights, entries)).map_err(|e| e.to_string())?;
 
     println!(
         "{:<16} {:>7} {:>8} {:>11} {:>12} {:>9}",

@@ -115,3 +115,145 @@ pub fn engine_for(
         LoadOptions::default(),
     )?)
 }
+
+/// A set built from a Hugging Face folder and its sharded weights, in a cache folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifacts {
+    /// `manifest.json` and the `.hlo.pb` files.
+    pub graphs: std::path::PathBuf,
+    /// `tp{r}.safetensors` per rank.
+    pub weights: std::path::PathBuf,
+    /// False when an earlier run had built them already.
+    pub built: bool,
+}
+
+/// What identifies a checkpoint on disk cheaply: each safetensors file's name, size and
+/// modification time (a changed file gets a new cache entry).
+fn checkpoint_identity(model_dir: &Path) -> Result<String, SessionError> {
+    let ckpt = Checkpoint::open(model_dir)?;
+    let mut id = String::new();
+    for f in ckpt.files() {
+        let io = |error| WeightsError::Io {
+            path: f.to_path_buf(),
+            error,
+        };
+        let meta = std::fs::metadata(f).map_err(io)?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        id.push_str(&format!("{}:{}:{mtime}\n", f.display(), meta.len()));
+    }
+    Ok(id)
+}
+
+/// Builds the set `shape` for `model_dir` and shards its weights into `cache_root/<key>/`,
+/// where the key hashes the config, the checkpoint's files, the tensor-parallel degree, the
+/// dtype, the set's shape and knobs, and this tool's version; a later call with the same
+/// inputs reuses them. The entry is built in a temporary folder and renamed into place, so an
+/// interrupted run leaves nothing half-written under the key.
+pub fn prepare_artifacts(
+    model_dir: &Path,
+    tp: i64,
+    dtype: DType,
+    shape: &SetShape,
+    options: &GraphOptions,
+    cache_root: &Path,
+) -> Result<Artifacts, SessionError> {
+    let config_path = model_dir.join("config.json");
+    let config = std::fs::read(&config_path).map_err(|error| ConfigError::Io {
+        path: config_path.clone(),
+        error,
+    })?;
+    let model = from_file(&config_path)?;
+    let plan = model.plan(tp)?;
+    let key = crate::files::sha256_hex(
+        format!(
+            "{}\n{}\n{tp}\n{dtype}\n{shape:?}\n{options:?}\n{}",
+            String::from_utf8_lossy(&config),
+            checkpoint_identity(model_dir)?,
+            env!("CARGO_PKG_VERSION"),
+        )
+        .as_bytes(),
+    );
+    let entry = cache_root.join(&key[..32]);
+    let done = |e: &Path| Artifacts {
+        graphs: e.join("graphs"),
+        weights: e.join("weights"),
+        built: false,
+    };
+    if entry.join("graphs/manifest.json").is_file() {
+        return Ok(done(&entry));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| super::SetError::Write { path, error }
+    };
+    let staging = cache_root.join(format!(".{}.tmp.{}", &key[..32], std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(staging.join("graphs")).map_err(io(&staging))?;
+    let specs = shape.specs(dtype, options);
+    let written = super::set::write_graphs(
+        model.as_ref(),
+        &plan,
+        &specs,
+        &staging.join("graphs"),
+        super::set::WriteOptions {
+            pb: true,
+            txt: false,
+            dot: false,
+            jobs: None,
+        },
+        &|| {},
+    )?;
+    let built: Vec<&super::BuiltGraph> = written.iter().map(|(b, _)| b).collect();
+    let weights = super::manifest::weights_table(&built)?;
+    let entries = written
+        .iter()
+        .map(|(b, files)| {
+            super::manifest::graph_entry(
+                model.as_ref(),
+                &super::manifest::GraphArtifact {
+                    built: b,
+                    files: files.clone(),
+                    compiler_flags: crate::neuron::default_compiler_flags(
+                        b.recorded.spec.kind,
+                        Target::Trn1,
+                    ),
+                    compile: None,
+                },
+            )
+        })
+        .collect();
+    let set = super::manifest::SetInfo {
+        model: model.as_ref(),
+        plan: &plan,
+        dtype,
+        target: Target::Trn1.name(),
+        options,
+        specs: &specs,
+    };
+    let manifest = super::manifest::manifest(&set, weights, entries);
+    let ckpt = Checkpoint::open(model_dir)?;
+    crate::weights::write_rank_files(
+        &ckpt,
+        &manifest.weights,
+        tp as usize,
+        &staging.join("weights"),
+    )?;
+    super::set::write_manifest(&staging.join("graphs"), &manifest)?;
+    match std::fs::rename(&staging, &entry) {
+        Ok(()) => {}
+        // Another run finished the same entry first: use it.
+        Err(_) if entry.join("graphs/manifest.json").is_file() => {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Err(e) => return Err(io(&entry)(e).into()),
+    }
+    Ok(Artifacts {
+        built: true,
+        ..done(&entry)
+    })
+}

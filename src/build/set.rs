@@ -120,3 +120,69 @@ pub fn memory_set(
         .collect();
     Ok(MemorySet { manifest, protos })
 }
+
+/// What [`write_graphs`] writes per graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    pub pb: bool,
+    pub txt: bool,
+    /// Graphviz view collapsed by scope.
+    pub dot: bool,
+    /// Graphs built at once (default: one per core).
+    pub jobs: Option<usize>,
+}
+
+/// Writes every graph of `specs` into `dir` (each file to a temporary file renamed into place
+/// as soon as its graph is built), after taking away the folder's old `manifest.json` and any
+/// temporaries an interrupted run left: a manifest must only ever describe the files beside
+/// it, so an interrupted run leaves none. Returns each graph's summary and file names; the
+/// caller writes the manifest last ([`write_manifest`]).
+pub fn write_graphs(
+    model: &dyn DecoderModel,
+    plan: &ShardPlan,
+    specs: &[GraphSpec],
+    dir: &std::path::Path,
+    opts: WriteOptions,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<(BuiltGraph, Vec<String>)>, SetError> {
+    use crate::files::{remove_stale_temporaries, write_atomic};
+    let io = |path: std::path::PathBuf| move |error| SetError::Write { path, error };
+    remove_stale_temporaries(dir).map_err(io(dir.to_path_buf()))?;
+    let manifest = dir.join("manifest.json");
+    match std::fs::remove_file(&manifest) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(manifest)(e)),
+        _ => {}
+    }
+    let tp = plan.tp;
+    let write_files = |b: &BuiltGraph| -> Result<Vec<String>, SetError> {
+        let name = b.recorded.spec.name();
+        let mut files = Vec::new();
+        let mut write = |file: String, bytes: &[u8]| -> Result<(), SetError> {
+            let path = dir.join(&file);
+            write_atomic(&path, bytes).map_err(|error| SetError::Write { path, error })?;
+            files.push(file);
+            Ok(())
+        };
+        if opts.pb {
+            write(format!("{name}.hlo.pb"), &b.bytes)?;
+        }
+        if opts.txt {
+            write(format!("{name}.hlo.txt"), b.text(tp).as_bytes())?;
+        }
+        if opts.dot {
+            write(
+                format!("{name}.dot"),
+                super::to_dot(&b.recorded.graph, 3).as_bytes(),
+            )?;
+        }
+        Ok(files)
+    };
+    build_all(model, plan, specs, opts.jobs, &write_files, progress)
+}
+
+/// Writes `manifest` as `dir/manifest.json` (atomically).
+pub fn write_manifest(dir: &std::path::Path, manifest: &Manifest) -> Result<(), SetError> {
+    let path = dir.join("manifest.json");
+    crate::files::write_atomic(&path, manifest.to_json_pretty().as_bytes())
+        .map_err(|error| SetError::Write { path, error })
+}

@@ -9,6 +9,7 @@
 //! nothing; [`scheduler`] serves many requests over the cache rows (continuous batching).
 
 pub mod scheduler;
+pub mod text;
 
 pub use scheduler::{serve, Completion, FinishReason, Request, Sampling};
 
@@ -503,6 +504,7 @@ impl Engine {
             call.seq_ids[b] = r.seq_id as i32;
             call.set_sampler(b, &r.sampler);
         }
+        self.executable(g)?; // compile time is not prefill time
         let start = Instant::now();
         let mut out = self.run(g, call, state)?;
         out.truncate(rows.len());
@@ -552,6 +554,7 @@ impl Engine {
             call.seq_ids[b] = r.seq_id as i32;
             call.set_sampler(b, &r.sampler);
         }
+        self.executable(g)?;
         let start = Instant::now();
         let mut out = self.run(g, call, state)?;
         out.truncate(rows.len());
@@ -780,21 +783,17 @@ fn upload_weights(
             }
         }
         Weights::Dir(dir) => {
-            let extra = dir.join(crate::weights::rank_file_name(tp));
-            if extra.is_file() {
+            let ranks = (0..)
+                .take_while(|&r| dir.join(crate::weights::rank_file_name(r)).is_file())
+                .count();
+            if ranks != tp {
                 return mismatch(format!(
-                    "{} exists: the weights were sharded for more ranks than the manifest's tp={tp}",
-                    extra.display()
+                    "{} holds rank files for {ranks} rank(s) (tp0.safetensors ...), the manifest is for tp={tp} (`phi3 shard --graphs` writes the matching ones)",
+                    dir.display()
                 ));
             }
             for rank in 0..tp {
                 let path = dir.join(crate::weights::rank_file_name(rank));
-                if !path.is_file() {
-                    return mismatch(format!(
-                        "{} is missing (the manifest is for tp={tp}; `phi3 shard --tp {tp}` writes it)",
-                        path.display()
-                    ));
-                }
                 let file = RankFile::open(&path)?;
                 let mut bufs = HashMap::with_capacity(manifest.weights.len());
                 for d in &manifest.weights {
