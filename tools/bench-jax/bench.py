@@ -556,6 +556,20 @@ def report(r):
     for c in r["checks"]:
         lines.append(f"| {c['dtype']} | {c['graph']} | {c['positions']} | {c['max_abs_diff_rel']:.1e} | "
                      f"{c['cache_max_abs_diff_rel']:.1e} | {c['argmax_agree']:.2f} |")
+    if r.get("hlo"):
+        lines += ["", "Optimised HLO (top-level instructions; fusions counted by their root op), ours / JAX:", "",
+                  "| graph | whole-cache copies | dynamic-update-slices | scatters | dots | fusions |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for k, v in r["hlo"].items():
+            o, j = v["ours"], v["jax"]
+            lines.append(f"| {k} | " + " | ".join(f"{o[f]} / {j[f]}" for f in
+                         ("cache_sized_copies", "dynamic_update_slices", "scatters", "dots", "fusions")) + " |")
+        al = r.get("aliasing", {})
+        if al:
+            ok = all(v["ours"]["in_place"] == v["ours"]["caches"] == v["ours"]["compiled_input_output_aliases"]
+                     and v["jax"]["in_place"] == v["jax"]["caches"] for v in al.values())
+            lines += ["", f"Donation: {'every' if ok else 'NOT every'} cache output of both sides came back in its "
+                      f"donated input's buffer (unsafe_buffer_pointer equal, inputs deleted) in all {len(al)} graphs."]
     if r["matmul"]:
         forms = [k for k in r["matmul"][0] if k not in ("dtype", "batch")]
         lines += ["", "## Single matmul, x [B,1024] · W 1024→2816, jitted JAX (median of calls, ms)", "",
