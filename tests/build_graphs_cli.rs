@@ -425,7 +425,7 @@ fn options_are_deduplicated_checked_and_recorded() {
     assert_eq!(m["neuron_config"]["on_device_sampling"], true);
     let options = &m["graphs"][0]["options"];
     assert_eq!(options["fused_qkv"], false);
-    assert_eq!(options["linear"], "WeightFirst");
+    assert_eq!(options["linear"], "InputMajor");
     assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
     std::fs::remove_dir_all(&out).ok();
 }

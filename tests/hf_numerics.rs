@@ -196,6 +196,22 @@ fn knobs_keep_the_numerics() {
                 ..default.clone()
             },
         ),
+        (
+            "input-major ([in, out]) weights",
+            GraphOptions {
+                linear: LinearForm::InputMajor,
+                ..default.clone()
+            },
+        ),
+        (
+            "input-major weights, split qkv and gate_up",
+            GraphOptions {
+                linear: LinearForm::InputMajor,
+                qkv: Fusion::Split,
+                gate_up: Fusion::Split,
+                ..default.clone()
+            },
+        ),
         ("the CPU preset", GraphOptions::cpu()),
         (
             "on-device greedy, gathered logits",

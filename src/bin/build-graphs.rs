@@ -86,12 +86,12 @@ struct Args {
     /// MLP gate/up weights: checkpoint, fused (one gate_up_proj per layer) or split.
     #[arg(long, default_value = "checkpoint")]
     gate_up: String,
-    /// Projection matmuls: activation-first (x·wᵀ, NxD's; the neuron preset's) or weight-first
-    /// (w·xᵀ, faster on CPU; the cpu preset's).
+    /// Projection matmuls: activation-first (x·wᵀ, NxD's; the neuron preset's), weight-first
+    /// (w·xᵀ) or input-major (weights stored [in, out], x·W; the cpu preset's).
     #[arg(long)]
     linear: Option<String>,
     /// neuron (NxD's forms, Neuron's sampler kernels), cpu (the forms the PJRT CPU plugin runs
-    /// fastest: dus, weight-first) or portable (NxD's forms from primitives only).
+    /// fastest: dus, input-major) or portable (NxD's forms from primitives only).
     #[arg(long, default_value = "neuron")]
     preset: String,
     /// Decode cache write: scatter (NxD's; the neuron preset's) or dus (one
@@ -206,8 +206,15 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
         rms_norm: [NormImpl::Primitives, NormImpl::NeuronCustomCall]
             [pick("rmsnorm", &args.rmsnorm, &["primitives", "custom-call"])?],
         linear: match &args.linear {
-            Some(v) => [LinearForm::ActivationFirst, LinearForm::WeightFirst]
-                [pick("linear", v, &["activation-first", "weight-first"])?],
+            Some(v) => [
+                LinearForm::ActivationFirst,
+                LinearForm::WeightFirst,
+                LinearForm::InputMajor,
+            ][pick(
+                "linear",
+                v,
+                &["activation-first", "weight-first", "input-major"],
+            )?],
             None => base.linear,
         },
     })

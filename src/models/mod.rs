@@ -7,5 +7,5 @@ pub mod decoder;
 pub mod llama;
 pub mod phi3;
 
-pub use config::{embedded_names, from_file, resolve, ConfigError};
+pub use config::{embedded_names, from_file, from_json_str, resolve, ConfigError};
 pub use decoder::DecoderModel;

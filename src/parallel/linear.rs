@@ -1,6 +1,7 @@
 //! Tensor-parallel linears and the embedding, built from DSL primitives and explicit
 //! collectives. Weights keep the Hugging Face `[out, in]` layout, so a linear is a `dot`
-//! contracting the activation's last dim with the weight's dim 1 (no transpose op).
+//! contracting the activation's last dim with the weight's dim 1 (no transpose op), unless
+//! the form is [`LinearForm::InputMajor`], whose weights are stored `[in, out]`.
 
 use crate::dsl::{DType, DotDims, OpError, ReduceKind, ReplicaGroups, Tensor};
 
@@ -12,7 +13,7 @@ pub struct TensorParallel {
     pub linear: LinearForm,
 }
 
-/// Operand order of a projection `y = x · wᵀ` with `w` stored `[out, in]`.
+/// Operand order and weight layout of a projection `y = x · wᵀ` (`w` is HF's `[out, in]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LinearForm {
     /// `dot(x, w)` contracting `x`'s last dim with `w`'s dim 1: what NxD emits.
@@ -22,6 +23,17 @@ pub enum LinearForm {
     /// XLA:CPU packs an `[out, in]` lhs contiguously for its GEMMs, but gathers it element by
     /// element as the rhs: prefill is about 3× faster this way (docs/decode-performance.md).
     WeightFirst,
+    /// The weight stored transposed, `[in, out]` (the sharder transposes each rank's shard
+    /// once), and `dot(x, w)` contracting `x`'s last dim with `w`'s dim 0: the `x @ W` form
+    /// XLA:CPU runs as a plain row-major GEMM at every batch size (what JAX models emit).
+    InputMajor,
+}
+
+impl LinearForm {
+    /// Whether the projection weights are stored `[in, out]`.
+    pub fn transposes_weights(self) -> bool {
+        self == LinearForm::InputMajor
+    }
 }
 
 impl TensorParallel {
@@ -77,6 +89,15 @@ pub fn linear_with_bias(
             DotDims {
                 lhs_contracting: vec![r - 1],
                 rhs_contracting: vec![1],
+                ..Default::default()
+            },
+        ),
+        LinearForm::InputMajor => (
+            x,
+            weight,
+            DotDims {
+                lhs_contracting: vec![r - 1],
+                rhs_contracting: vec![0],
                 ..Default::default()
             },
         ),

@@ -310,24 +310,52 @@ pub fn convert(bytes: &[u8], from: Dtype, to: DType) -> Vec<u8> {
 }
 
 fn convert_into(bytes: &[u8], from: Dtype, to: DType, out: &mut Vec<u8>) {
+    use half::slice::HalfFloatSliceExt;
+    use half::{bf16, f16};
     if stored_dtype(to) == Some(from) {
         out.extend_from_slice(bytes);
         return;
     }
-    let widen = |c: &[u8]| -> f32 {
+    // Blocks through f32, with the element loops inside `half`'s slice routines; safetensors
+    // and every supported host are little-endian, so the byte casts are the values.
+    const BLOCK: usize = 8192;
+    let width = dtype_width(from);
+    let block = (bytes.len() / width).min(BLOCK);
+    // Zeroed primitive vectors allocate zeroed pages (no element loop in a debug build).
+    let mut wide = vec![0f32; block];
+    let mut half_bits = vec![0u16; block];
+    out.reserve(bytes.len() / width * to.byte_size());
+    for chunk in bytes.chunks(BLOCK * width) {
+        let n = chunk.len() / width;
+        let wide = &mut wide[..n];
+        let bits = &mut half_bits[..n];
         match from {
-            Dtype::BF16 => half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
-            Dtype::F16 => half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
-            _ => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            Dtype::BF16 => {
+                bytemuck::cast_slice_mut(bits).copy_from_slice(chunk);
+                bytemuck::cast_slice::<u16, bf16>(bits).convert_to_f32_slice(wide);
+            }
+            Dtype::F16 => {
+                bytemuck::cast_slice_mut(bits).copy_from_slice(chunk);
+                bytemuck::cast_slice::<u16, f16>(bits).convert_to_f32_slice(wide);
+            }
+            _ => bytemuck::cast_slice_mut(wide).copy_from_slice(chunk),
         }
-    };
-    let values = bytes.chunks_exact(dtype_width(from)).map(widen);
-    match to {
-        DType::BF16 => out.extend(values.flat_map(|v| half::bf16::from_f32(v).to_le_bytes())),
-        DType::F16 => out.extend(values.flat_map(|v| half::f16::from_f32(v).to_le_bytes())),
-        _ => out.extend(values.flat_map(f32::to_le_bytes)),
+        match to {
+            DType::BF16 => {
+                bytemuck::cast_slice_mut::<u16, bf16>(bits).convert_from_f32_slice(wide);
+                out.extend_from_slice(bytemuck::cast_slice(bits));
+            }
+            DType::F16 => {
+                bytemuck::cast_slice_mut::<u16, f16>(bits).convert_from_f32_slice(wide);
+                out.extend_from_slice(bytemuck::cast_slice(bits));
+            }
+            _ => out.extend_from_slice(bytemuck::cast_slice(wide)),
+        }
     }
 }
+
+#[cfg(target_endian = "big")]
+compile_error!("weight conversion assumes a little-endian host (as safetensors files are)");
 
 /// The mapped checkpoint tensors of one declaration's parts.
 pub struct PartSources {
@@ -371,28 +399,50 @@ pub fn shard_weight(
         Layout::Checkpoint => cut_parts(sink),
         Layout::Transposed => {
             // A transpose needs the whole shard: one shard, never the whole checkpoint tensor.
-            let mut shard = Vec::with_capacity(decl.byte_size());
-            cut_parts(&mut |b| {
-                shard.extend_from_slice(b);
-                Ok(())
-            })?;
             let (rows, cols) = (decl.shape[1], decl.shape[0]);
-            let w = decl.dtype.byte_size();
-            let mut out = vec![0u8; shard.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    let src = (r * cols + c) * w;
-                    let dst = (c * rows + r) * w;
-                    out[dst..dst + w].copy_from_slice(&shard[src..src + w]);
-                }
+            match decl.dtype.byte_size() {
+                4 => transposed::<u32>(rows, cols, &mut cut_parts, sink),
+                2 => transposed::<u16>(rows, cols, &mut cut_parts, sink),
+                w => unreachable!("no {w}-byte weight dtype"),
             }
-            drop(shard);
-            for chunk in out.chunks(1 << 20) {
-                sink(chunk)?;
-            }
-            Ok(())
         }
     }
+}
+
+type Cut<'a> = dyn FnMut(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> + 'a;
+
+/// Collects the row-major `rows × cols` shard `cut` delivers and hands `sink` its transpose,
+/// built in cache-sized tiles.
+fn transposed<T: bytemuck::Pod>(
+    rows: usize,
+    cols: usize,
+    cut: &mut Cut<'_>,
+    sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    const TILE: usize = 64;
+    let mut src: Vec<T> = bytemuck::zeroed_vec(rows * cols);
+    let mut at = 0;
+    cut(&mut |b| {
+        bytemuck::cast_slice_mut::<T, u8>(&mut src)[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+        Ok(())
+    })?;
+    let mut dst: Vec<T> = bytemuck::zeroed_vec(rows * cols);
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = row[c];
+                }
+            }
+        }
+    }
+    drop(src);
+    for chunk in bytemuck::cast_slice::<T, u8>(&dst).chunks(1 << 20) {
+        sink(chunk)?;
+    }
+    Ok(())
 }
 
 /// Checks the declarations against `tp` and the checkpoint (every part exists with its

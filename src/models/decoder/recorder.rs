@@ -109,7 +109,33 @@ impl<'a> Recorder<'a> {
     /// dim 0). Its per-rank shape comes from the shard rules.
     #[track_caller]
     pub fn weight(&mut self, name: &str, parts: Vec<WeightPart>) -> Result<Tensor, BuildError> {
-        let decl = WeightDecl::new(name, self.spec.dtype, parts, Layout::Checkpoint)?;
+        self.declare(name, parts, Layout::Checkpoint)
+    }
+
+    /// Declares the weight of a projection (what the linears multiply by): as
+    /// [`Recorder::weight`], laid out `[in, out]` when the linear form says so.
+    #[track_caller]
+    pub fn linear_weight(
+        &mut self,
+        name: &str,
+        parts: Vec<WeightPart>,
+    ) -> Result<Tensor, BuildError> {
+        let layout = if self.tp.linear.transposes_weights() {
+            Layout::Transposed
+        } else {
+            Layout::Checkpoint
+        };
+        self.declare(name, parts, layout)
+    }
+
+    #[track_caller]
+    fn declare(
+        &mut self,
+        name: &str,
+        parts: Vec<WeightPart>,
+        layout: Layout,
+    ) -> Result<Tensor, BuildError> {
+        let decl = WeightDecl::new(name, self.spec.dtype, parts, layout)?;
         decl.check(self.plan.tp as usize)?;
         let dims: Vec<i64> = decl.shape.iter().map(|&d| d as i64).collect();
         let role = InputRole::Weight {

@@ -95,12 +95,13 @@ pub struct GraphOptions {
 
 impl GraphOptions {
     /// What runs fastest on the PJRT CPU plugin: per-sequence dynamic-update-slice cache
-    /// writes and weight-first matmuls (both measured in docs/decode-performance.md). The
+    /// writes and `[in, out]` weights multiplied as `x · W` (measured beside JAX in
+    /// BENCHMARKS.md and docs/decode-performance.md). The
     /// defaults stay NxD's forms for Neuron until neuronx-cc has compared them.
     pub fn cpu() -> Self {
         GraphOptions {
             decode_cache_write: CacheWrite::DynamicUpdateSlice,
-            linear: LinearForm::WeightFirst,
+            linear: LinearForm::InputMajor,
             ..GraphOptions::default()
         }
     }

@@ -78,7 +78,11 @@ fn column(
                 part(format!("{p}.{key}.{what}"), hf, rule.clone())
             })
             .collect();
-        cx.weight(&format!("{p}.{name}.{what}"), parts)
+        if with_bias {
+            cx.weight(&format!("{p}.{name}.{what}"), parts)
+        } else {
+            cx.linear_weight(&format!("{p}.{name}.{what}"), parts)
+        }
     };
     let weight = declare(cx, "weight", false)?;
     let bias = if bias {
@@ -119,7 +123,7 @@ impl LlamaAttention {
             }
         };
         let o_key = format!("{p}.o_proj.weight");
-        let weight = cx.weight(
+        let weight = cx.linear_weight(
             &o_key,
             vec![part(&o_key, &[h, nh * hd], plan.query_heads(1, 0))],
         )?;
@@ -173,7 +177,7 @@ impl LlamaMLP {
             }
         };
         let key = format!("{p}.down_proj.weight");
-        let weight = cx.weight(&key, vec![part(&key, &[h, i], plan.intermediate(1, 0))])?;
+        let weight = cx.linear_weight(&key, vec![part(&key, &[h, i], plan.intermediate(1, 0))])?;
         let bias = if bias {
             Some(cx.replicated(&format!("{p}.down_proj.bias"), h)?)
         } else {
@@ -330,7 +334,7 @@ impl LlamaForCausalLM {
         let hf = [cfg.vocab_size, cfg.hidden_size];
         let rule = cx.plan.vocab_rows();
         let lm_head = LmHead {
-            weight: cx.weight("lm_head.weight", vec![part(key, &hf, rule)])?,
+            weight: cx.linear_weight("lm_head.weight", vec![part(key, &hf, rule)])?,
         };
         Ok(LlamaForCausalLM { model, lm_head })
     }

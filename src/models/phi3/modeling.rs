@@ -72,10 +72,10 @@ impl Phi3Attention {
         let column = |weight| ColumnLinear { weight, bias: None };
         let qkv = if cx.spec.options.qkv.is_fused(true) {
             let rule = plan.fused_qkv(k_base, v_base);
-            QkvProjection::Fused(column(cx.weight(&key, vec![part(&key, &hf, rule)])?))
+            QkvProjection::Fused(column(cx.linear_weight(&key, vec![part(&key, &hf, rule)])?))
         } else {
             let mut split = |name: &str, rule| {
-                cx.weight(&format!("{p}.{name}.weight"), vec![part(&key, &hf, rule)])
+                cx.linear_weight(&format!("{p}.{name}.weight"), vec![part(&key, &hf, rule)])
                     .map(column)
             };
             QkvProjection::Split {
@@ -87,7 +87,7 @@ impl Phi3Attention {
         let o_key = format!("{p}.o_proj.weight");
         let o_rule = plan.query_heads(1, 0);
         let o_proj = RowLinear {
-            weight: cx.weight(&o_key, vec![part(&o_key, &[h, nh * hd], o_rule)])?,
+            weight: cx.linear_weight(&o_key, vec![part(&o_key, &[h, nh * hd], o_rule)])?,
             bias: None,
         };
         Ok(Phi3Attention {
@@ -129,10 +129,10 @@ impl Phi3MLP {
         let column = |weight| ColumnLinear { weight, bias: None };
         let gate_up = if cx.spec.options.gate_up.is_fused(true) {
             let rule = plan.fused_gate_up();
-            GateUpProjection::Fused(column(cx.weight(&key, vec![part(&key, &hf, rule)])?))
+            GateUpProjection::Fused(column(cx.linear_weight(&key, vec![part(&key, &hf, rule)])?))
         } else {
             let mut split = |name: &str, rule| {
-                cx.weight(&format!("{p}.{name}.weight"), vec![part(&key, &hf, rule)])
+                cx.linear_weight(&format!("{p}.{name}.weight"), vec![part(&key, &hf, rule)])
                     .map(column)
             };
             GateUpProjection::Split {
@@ -143,7 +143,7 @@ impl Phi3MLP {
         let down_key = format!("{p}.down_proj.weight");
         let down_rule = plan.intermediate(1, 0);
         let down_proj = RowLinear {
-            weight: cx.weight(&down_key, vec![part(&down_key, &[h, i], down_rule)])?,
+            weight: cx.linear_weight(&down_key, vec![part(&down_key, &[h, i], down_rule)])?,
             bias: None,
         };
         Ok(Phi3MLP { gate_up, down_proj })
@@ -297,7 +297,7 @@ impl Phi3ForCausalLM {
         let hf = [cfg.vocab_size, cfg.hidden_size];
         let rule = cx.plan.vocab_rows();
         let lm_head = LmHead {
-            weight: cx.weight("lm_head.weight", vec![part(key, &hf, rule)])?,
+            weight: cx.linear_weight("lm_head.weight", vec![part(key, &hf, rule)])?,
         };
         Ok(Phi3ForCausalLM { model, lm_head })
     }
