@@ -429,3 +429,49 @@ fn options_are_deduplicated_checked_and_recorded() {
     assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn lint_findings_carry_their_codes_in_stats_and_manifest() {
+    let out = temp_dir("lint");
+    // The primitive sampler's stable sort is an error, its `or`s are warnings.
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--graphs",
+        "tkg",
+        "--sampling",
+        "on-device",
+        "--sampler-kernels",
+        "primitives",
+        "--stats",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(stdout.contains("1 flagged, 3 warn"), "{stdout}");
+    assert!(
+        stdout.contains("lint error LINT_UNSUPPORTED_OP: sort"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("lint warning LINT_UNDOCUMENTED_OP: or"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("lint info (allow-listed): ALLOW_COLLECTIVE"),
+        "{stdout}"
+    );
+    let m = read_manifest(&out.join("phi-3-mini-4k/tp2"));
+    let lint = &m["graphs"][0]["neuron_lint"];
+    assert_eq!(lint["clean"], false);
+    assert_eq!(lint["flagged"][0]["code"], "LINT_UNSUPPORTED_OP");
+    assert_eq!(lint["flagged"][0]["severity"], "error");
+    assert_eq!(lint["flagged"][0]["opcode"], "sort");
+    assert_eq!(lint["warnings"].as_array().unwrap().len(), 3);
+    assert_eq!(lint["warnings"][0]["code"], "LINT_UNDOCUMENTED_OP");
+    assert!(lint["allow_listed"]["ALLOW_SCATTER"].as_u64().unwrap() > 0);
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -533,7 +533,7 @@ fn print_stats(built: &[BuiltGraph]) {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!();
     println!(
-        "{:<16} {:>12} {:>11} {:>10} {:>11} {:>11} {:>14} {:>10}",
+        "{:<16} {:>12} {:>11} {:>10} {:>11} {:>11} {:>14} {:>14}",
         "graph",
         "GFLOP (dot)",
         "weight MiB",
@@ -545,8 +545,9 @@ fn print_stats(built: &[BuiltGraph]) {
     );
     for b in built {
         let flagged = b.findings.iter().filter(|f| f.is_flagged()).count();
+        let warnings = b.findings.iter().filter(|f| f.is_warning()).count();
         println!(
-            "{:<16} {:>12.2} {:>11.1} {:>10.1} {:>11.1} {:>11} {:>14.2} {:>10}",
+            "{:<16} {:>12.2} {:>11.1} {:>10.1} {:>11.1} {:>11} {:>14.2} {:>14}",
             b.recorded.spec.name(),
             b.stats.dot_flops as f64 / 1e9,
             mib(b.weight_bytes),
@@ -554,10 +555,11 @@ fn print_stats(built: &[BuiltGraph]) {
             mib(b.stats.activation_bytes),
             b.stats.collectives,
             mib(b.stats.collective_bytes),
-            if flagged == 0 {
-                "clean".to_string()
-            } else {
-                format!("{flagged} flagged")
+            match (flagged, warnings) {
+                (0, 0) => "clean".to_string(),
+                (0, w) => format!("clean, {w} warn"),
+                (e, 0) => format!("{e} flagged"),
+                (e, w) => format!("{e} flagged, {w} warn"),
             }
         );
     }
@@ -567,11 +569,32 @@ fn print_stats(built: &[BuiltGraph]) {
         ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let line: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
         println!("  {}", line.join(", "));
-        for f in b.findings.iter().filter(|f| f.is_flagged()) {
+        for f in b
+            .findings
+            .iter()
+            .filter(|f| f.is_flagged() || f.is_warning())
+        {
             println!(
-                "  lint: {} {} at {}: {}",
-                f.opcode, f.instruction, f.scope, f.message
+                "  lint {} {}: {} {} at {}: {}",
+                f.severity.name(),
+                f.code,
+                f.opcode,
+                f.instruction,
+                f.scope,
+                f.message
             );
+        }
+        let mut info: std::collections::BTreeMap<&str, usize> = Default::default();
+        for f in b
+            .findings
+            .iter()
+            .filter(|f| !f.is_flagged() && !f.is_warning())
+        {
+            *info.entry(f.code).or_default() += 1;
+        }
+        if !info.is_empty() {
+            let line: Vec<String> = info.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            println!("  lint info (allow-listed): {}", line.join(", "));
         }
     }
 }
