@@ -242,6 +242,7 @@ fn compile_runs_neuronx_cc_and_caches_neffs() {
         assert_eq!(c["cache_hit"], false);
         assert!(dir.join(c["neff"].as_str().unwrap()).exists());
     }
+    assert!(argv.contains("--logfile="), "{argv}");
     // Same protos, flags and compiler: every NEFF comes from the cache.
     let second = bin()
         .args(args)
@@ -330,11 +331,17 @@ fn compile_failures_and_a_missing_compiler_are_reported() {
         err.contains("reproduce with:") && err.contains("2 of 2 graphs failed"),
         "{err}"
     );
+    assert!(err.contains("compiler log kept at"), "{err}");
     let manifest = read_manifest(&out.join("phi-3-mini-4k/tp2"));
-    assert!(manifest["graphs"][0]["compile"]["error"]
-        .as_str()
+    let c = &manifest["graphs"][0]["compile"];
+    assert!(c["error"].as_str().unwrap().contains("failed"));
+    // The failed compile's work folder and the compiler's own log stay, named in the manifest.
+    let kept = Path::new(c["compiler_log"].as_str().unwrap());
+    assert!(kept.is_file(), "{c}");
+    assert!(std::fs::read_to_string(kept)
         .unwrap()
-        .contains("failed"));
+        .contains("NCC_FAKE002"));
+    assert!(kept.starts_with(c["work_dir"].as_str().unwrap()));
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -427,6 +434,37 @@ fn options_are_deduplicated_checked_and_recorded() {
     assert_eq!(options["fused_qkv"], false);
     assert_eq!(options["linear"], "WeightFirst");
     assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
+    // trn3: lnc 2, like trn2.
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--target",
+        "trn3",
+        "--out",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = read();
+    assert_eq!(m["neuron_config"]["target"], "trn3");
+    let flags = m["graphs"][0]["compiler_flags"].as_array().unwrap();
+    assert!(flags.iter().any(|f| f == "--target=trn3") && flags.iter().any(|f| f == "--lnc=2"));
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--target",
+        "trn9",
+        "--out",
+        o,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("--target must be one of trn1, trn2, trn3, inf2"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&out).ok();
 }
 

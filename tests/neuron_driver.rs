@@ -121,9 +121,15 @@ fn compile_runs_exact_argv_and_writes_neff() {
     assert_eq!(argv[3], "--output");
     // A miss compiles into a staging file under the cache, then copies it into place.
     let staged = Path::new(&argv[4]);
-    assert!(staged.starts_with(&cache), "{staged:?}");
-    assert!(argv[4].ends_with("/model.neff"), "{staged:?}");
-    assert_eq!(&argv[5..], &flags[..]);
+    assert!(staged.starts_with(driver::work_root(&cache)), "{staged:?}");
+    assert!(argv[4].ends_with("/entry/model.neff"), "{staged:?}");
+    // The flags, then the driver's --logfile in the same work folder.
+    assert_eq!(&argv[5..argv.len() - 1], &flags[..]);
+    let work = staged.parent().unwrap().parent().unwrap();
+    assert_eq!(
+        argv.last().unwrap(),
+        &format!("--logfile={}/log-neuron-cc.txt", work.display())
+    );
     assert!(flags.iter().any(|f| f == "--target=trn1"));
 
     // The NEFF, the outcome, the log.
@@ -135,10 +141,12 @@ fn compile_runs_exact_argv_and_writes_neff() {
     assert!(!out.cache_hit);
     assert!(out.seconds >= 0.0);
     assert_eq!(out.cache_key, cache_key(&proto, &flags, FAKE_VERSION_LINE));
+    // The recorded command has no --logfile: the work folder is gone after a success.
     let expected_command = format!(
         "{} compile --framework=XLA {} --output {} --auto-cast=none --model-type=transformer \
          '--tensorizer-options=--enable-ccop-compute-overlap --cc-pipeline-tiling-factor=1 \
-         --vectorize-strided-dma' -O2 --lnc=1 --target=trn1",
+         --vectorize-strided-dma' -O2 --internal-hlo2tensorizer-options=--verify-hlo=true \
+         --lnc=1 --target=trn1",
         cc.display(),
         pb.display(),
         j.neff.display()
@@ -164,7 +172,11 @@ fn compile_runs_exact_argv_and_writes_neff() {
             .trim(),
         expected_command
     );
-    assert_eq!(fs::read_dir(cache.join(".tmp")).unwrap().count(), 0);
+    assert!(
+        !work.exists(),
+        "a successful compile removes its work folder"
+    );
+    assert_eq!(fs::read_dir(driver::work_root(&cache)).unwrap().count(), 0);
     assert_eq!(fs::read_dir(dir.join("out")).unwrap().count(), 1);
     let _ = fs::remove_dir_all(&dir);
 }
@@ -269,7 +281,7 @@ fn compiler_is_found_explicitly_or_on_path() {
 #[test]
 fn failed_compile_shows_log_tail_and_reproduce_command() {
     let dir = test_dir("fail");
-    let (cc, _argv_log) = logging_compiler(&dir);
+    let (cc, argv_log) = logging_compiler(&dir);
     let pb = write_proto(&dir, "will_fail.hlo.pb", b"bad graph");
     let cache = dir.join("cache");
     let j = job(&dir, "context_encoding", &pb, tkg_flags());
@@ -279,16 +291,18 @@ fn failed_compile_shows_log_tail_and_reproduce_command() {
 
     let results = compile_all(&cc, std::slice::from_ref(&j), 1, &cache).unwrap();
     let err = results.into_iter().next().unwrap().unwrap_err();
-    let DriverError::CompileFailed {
+    let DriverError::CompileFailed(failure) = &err else {
+        panic!("expected CompileFailed, got {err:?}");
+    };
+    let driver::CompileFailure {
         graph,
         status,
         log_tail,
         command,
         log,
-    } = &err
-    else {
-        panic!("expected CompileFailed, got {err:?}");
-    };
+        compiler_log,
+        work_dir,
+    } = failure.as_ref();
     assert_eq!(graph, "context_encoding");
     assert_eq!(status.code(), Some(1));
     assert_eq!(log, &j.log);
@@ -296,37 +310,87 @@ fn failed_compile_shows_log_tail_and_reproduce_command() {
     assert!(log_tail.contains("ERROR 2: [NCC_FAKE002]"), "{log_tail}");
     assert!(log_tail.lines().count() <= driver::LOG_TAIL_LINES);
     assert!(!log_tail.contains("pass 1 of 50"), "{log_tail}");
+
+    // The work folder stays, with the compiler's own log (its --logfile) and its artifacts.
+    assert!(
+        work_dir.starts_with(driver::work_root(&cache)),
+        "{work_dir:?}"
+    );
+    assert_eq!(compiler_log, &work_dir.join("log-neuron-cc.txt"));
+    let kept = fs::read_to_string(compiler_log).unwrap();
+    assert!(
+        kept.contains("pass 1 of 50") && kept.contains("NCC_FAKE002"),
+        "{kept}"
+    );
+    assert!(work_dir.join("cwd/neuronxcc-fake/notes.txt").is_file());
+    let argv = argv_lines(&argv_log).remove(0);
+    assert_eq!(
+        argv.last().unwrap(),
+        &format!("--logfile={}", compiler_log.display())
+    );
+
+    // The command reruns the compile in the kept folder, into the job's NEFF path.
     assert!(command.starts_with(&format!(
-        "{} compile --framework=XLA {} --output {}",
+        "cd {}/cwd && {} compile --framework=XLA {} --output {}",
+        work_dir.display(),
         cc.display(),
         pb.display(),
         j.neff.display()
     )));
     assert!(command.contains("'--tensorizer-options="), "{command}");
+    assert!(
+        command.ends_with(&format!("--logfile={}", compiler_log.display())),
+        "{command}"
+    );
 
     let msg = err.to_string();
     assert!(msg.contains("context_encoding"), "{msg}");
     assert!(msg.contains("ERROR 2: [NCC_FAKE002]"), "{msg}");
+    assert!(
+        msg.contains(&format!("compiler log kept at {}", compiler_log.display())),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("reproduce with: {command}")), "{msg}");
 
-    // No NEFF, no temp files, no cache entry; the full log stays.
+    // No NEFF, no cache entry; the full job log stays.
     assert!(!j.neff.exists());
     assert_eq!(fs::read_dir(dir.join("out")).unwrap().count(), 0);
     let entries: Vec<_> = fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(entries, vec![std::ffi::OsString::from(".tmp")]);
-    assert_eq!(fs::read_dir(cache.join(".tmp")).unwrap().count(), 0);
+    assert_eq!(entries, vec![std::ffi::OsString::from("work")]);
+    assert_eq!(fs::read_dir(driver::work_root(&cache)).unwrap().count(), 1);
     let full = fs::read_to_string(&j.log).unwrap();
     assert!(full.contains("pass 1 of 50") && full.contains("NCC_FAKE002"));
+    assert!(full.contains("work folder kept"), "{full}");
 
-    // The same through the environment switch, on an innocent file name.
+    // Rerunning that command reproduces the failure, logging to the same file.
+    let rerun = std::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .unwrap();
+    assert_eq!(rerun.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&rerun.stderr).contains("NCC_FAKE002"));
+    fs::remove_file(&j.neff).unwrap(); // the fake's partial output
+
+    // The same through the environment switch, on an innocent file name; a --logfile in the
+    // flags is used instead of the driver's.
     let cc_fail = wrapper(&dir, "cc-fail", &[("FAKE_NEURONX_CC_FAIL", "1")]);
     let pb2 = write_proto(&dir, "graph.hlo.pb", b"good graph");
-    let j2 = job(&dir, "g2", &pb2, vec![]);
+    let mine = dir.join("my-neuron-cc.log");
+    let j2 = job(
+        &dir,
+        "g2",
+        &pb2,
+        vec![format!("--logfile={}", mine.display())],
+    );
     let r = compile_all(&cc_fail, std::slice::from_ref(&j2), 1, &cache).unwrap();
-    assert!(matches!(r[0], Err(DriverError::CompileFailed { .. })));
+    match &r[0] {
+        Err(DriverError::CompileFailed(f)) => assert_eq!(f.compiler_log, mine),
+        other => panic!("expected CompileFailed, got {other:?}"),
+    }
+    assert!(fs::read_to_string(&mine).unwrap().contains("NCC_FAKE002"));
     assert!(!j2.neff.exists());
 
     // A missing proto is an error, not a panic, and runs nothing.
@@ -334,6 +398,50 @@ fn failed_compile_shows_log_tail_and_reproduce_command() {
     let r = compile_all(&cc, std::slice::from_ref(&j3), 1, &cache).unwrap();
     assert!(matches!(r[0], Err(DriverError::Io { .. })));
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flags_per_graph_kind_and_target() {
+    let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        default_compiler_flags(GraphKind::ContextEncoding, Target::Trn1),
+        words(&[
+            "--auto-cast=none",
+            "--model-type=transformer",
+            "--tensorizer-options=--enable-ccop-compute-overlap --cc-pipeline-tiling-factor=2 \
+             --vectorize-strided-dma",
+            "-O1",
+            "--internal-hlo2tensorizer-options=--modular-flow-mac-threshold=10 --verify-hlo=true",
+            "--lnc=1",
+            "--target=trn1",
+        ])
+    );
+    assert_eq!(
+        default_compiler_flags(GraphKind::TokenGeneration, Target::Trn2),
+        words(&[
+            "--auto-cast=none",
+            "--model-type=transformer",
+            "--tensorizer-options=--enable-ccop-compute-overlap --cc-pipeline-tiling-factor=1 \
+             --vectorize-strided-dma",
+            "-O2",
+            "--internal-hlo2tensorizer-options=--verify-hlo=true",
+            "--lnc=2",
+            "--target=trn2",
+        ])
+    );
+    let trn3 = default_compiler_flags(GraphKind::TokenGeneration, Target::Trn3);
+    assert!(
+        trn3.ends_with(&words(&["--lnc=2", "--target=trn3"])),
+        "{trn3:?}"
+    );
+    let inf2 = default_compiler_flags(GraphKind::ContextEncoding, Target::Inf2);
+    assert!(
+        inf2.ends_with(&words(&["--lnc=1", "--target=trn1"])),
+        "{inf2:?}"
+    );
+    for t in Target::ALL {
+        assert_eq!(Target::parse(t.name()), Some(t));
+    }
 }
 
 #[test]
@@ -471,7 +579,7 @@ fn parallel_compiles_keep_job_order() {
     for (r, (j, n)) in results.iter().zip(jobs.iter().zip(names)) {
         if n.contains("fail") {
             match r {
-                Err(DriverError::CompileFailed { graph, .. }) => assert_eq!(graph, n),
+                Err(DriverError::CompileFailed(f)) => assert_eq!(f.graph, n),
                 other => panic!("{n}: expected CompileFailed, got {other:?}"),
             }
             assert!(!j.neff.exists());

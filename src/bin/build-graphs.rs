@@ -65,7 +65,7 @@ struct Args {
     /// Override the layer count (e.g. 2 for quick experiments).
     #[arg(long)]
     layers: Option<usize>,
-    /// neuronx-cc target for the recorded compiler flags: trn1, trn2 or inf2.
+    /// neuronx-cc target for the recorded compiler flags: trn1, trn2, trn3 or inf2.
     #[arg(long, default_value = "trn1")]
     target: String,
     #[arg(long)]
@@ -242,8 +242,14 @@ fn run(args: Args) -> Result<(), String> {
         "f32" => DType::F32,
         other => return Err(format!("--dtype must be bf16 or f32, got `{other}`")),
     };
-    let target = Target::parse(&args.target)
-        .ok_or_else(|| format!("--target must be trn1, trn2 or inf2, got `{}`", args.target))?;
+    let target = Target::parse(&args.target).ok_or_else(|| {
+        let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+        format!(
+            "--target must be one of {}, got `{}`",
+            names.join(", "),
+            args.target
+        )
+    })?;
     let (write_pb, write_txt) = match args.format.as_str() {
         "pb" => (true, false),
         "txt" => (false, true),
@@ -413,7 +419,15 @@ fn run(args: Args) -> Result<(), String> {
                 }),
                 Err(e) => {
                     failures.push(e.to_string());
-                    serde_json::json!({ "error": e.to_string(), "compiler_version": version })
+                    let mut block = serde_json::json!({
+                    "error": e.to_string(),
+                    "compiler_version": version,
+                    });
+                    if let driver::DriverError::CompileFailed(f) = e {
+                        block["compiler_log"] = f.compiler_log.display().to_string().into();
+                        block["work_dir"] = f.work_dir.display().to_string().into();
+                    }
+                    block
                 }
             });
         entries.push(graph_entry(
