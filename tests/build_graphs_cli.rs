@@ -241,6 +241,19 @@ fn compile_runs_neuronx_cc_and_caches_neffs() {
         assert!(c["neff_bytes"].as_u64().unwrap() > 0, "{c}");
         assert_eq!(c["cache_hit"], false);
         assert!(dir.join(c["neff"].as_str().unwrap()).exists());
+        // The NEFF names the runtime should expect (computed, not read from the NEFF).
+        let names = &c["neff_io_names"];
+        assert_eq!(names["source"], "expected", "{c}");
+        assert_eq!(names["compiler_version"], "2.21.0.0+fake");
+        let inputs = names["inputs"].as_array().unwrap();
+        assert_eq!(inputs.len(), g["inputs"].as_array().unwrap().len());
+        for (k, name) in inputs.iter().enumerate() {
+            // Before 2.23 no input gets the must-alias suffix.
+            assert_eq!(name, &format!("input{k}"), "{names}");
+        }
+        let outputs = names["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), g["outputs"].as_array().unwrap().len());
+        assert_eq!(outputs[0], "output0");
     }
     assert!(argv.contains("--logfile="), "{argv}");
     // Same protos, flags and compiler: every NEFF comes from the cache.
@@ -342,6 +355,7 @@ fn compile_failures_and_a_missing_compiler_are_reported() {
         .unwrap()
         .contains("NCC_FAKE002"));
     assert!(kept.starts_with(c["work_dir"].as_str().unwrap()));
+    assert_eq!(c["neff_io_names"]["source"], "expected");
     std::fs::remove_dir_all(&out).ok();
 }
 

@@ -655,3 +655,115 @@ fn cache_key_ignores_source_locations_only() {
     exp.opcode = "tanh".into();
     assert_ne!(cache_key(&changed.encode_to_vec(), &flags, "v1"), base);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Expected NEFF input/output names
+
+fn aliased_module(neff_attributes: bool) -> xla_proto::HloModuleProto {
+    use phi3_neuron::dsl::{DType, GraphBuilder};
+    use phi3_neuron::hlo::{lower, LowerOptions};
+    let b = GraphBuilder::new("names");
+    let x = b.parameter("x", DType::F32, &[4]).unwrap();
+    let cache = b.parameter("cache", DType::F32, &[8]).unwrap();
+    let at = b.scalar(DType::S32, 0.0).unwrap();
+    let y = x.exp().unwrap();
+    let written = cache.dynamic_update_slice(&x, &[&at]).unwrap();
+    b.alias_output(1, &cache).unwrap();
+    let g = b.finish(&[&y, &written]).unwrap();
+    lower(
+        &g,
+        &LowerOptions {
+            neff_io_names: neff_attributes,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn neff_names_follow_the_alias_kind_and_the_compiler_version() {
+    use phi3_neuron::neuron::{neff_io_names, MUST_ALIAS_SUFFIX};
+    use xla_proto::Kind;
+    let may = aliased_module(true);
+    assert_eq!(
+        may.input_output_alias.as_ref().unwrap().entries[0].kind,
+        Kind::MayAlias as i32
+    );
+    let names = neff_io_names(&may, None);
+    assert_eq!(names.inputs, ["input0", "input1"]);
+    assert_eq!(names.outputs, ["output0", "output1"]);
+    assert_eq!(names.source, "expected");
+    assert_eq!(names.compiler_version, None);
+
+    // A must-alias input gets the suffix from 2.23 on, and when the version is unknown.
+    let mut must = may.clone();
+    must.input_output_alias.as_mut().unwrap().entries[0].kind = Kind::MustAlias as i32;
+    let suffixed = vec!["input0".to_string(), format!("input1{MUST_ALIAS_SUFFIX}")];
+    assert_eq!(suffixed[1], "input1.must_alias_input");
+    for (version, expected) in [
+        (None, &suffixed),
+        (
+            Some("NeuronX Compiler version 2.23.6484.0+3b612583"),
+            &suffixed,
+        ),
+        (
+            Some("NeuronX Compiler version 2.27.5334.0\n\nPython version 3.10"),
+            &suffixed,
+        ),
+        (Some("a compiler of no known version"), &suffixed),
+    ] {
+        assert_eq!(
+            &neff_io_names(&must, version).inputs,
+            expected,
+            "{version:?}"
+        );
+    }
+    let old = neff_io_names(&must, Some(FAKE_VERSION_LINE));
+    assert_eq!(old.inputs, ["input0", "input1"]);
+    assert_eq!(old.compiler_version.as_deref(), Some("2.21.0.0+fake"));
+    assert_eq!(
+        neff_io_names(&must, Some("NeuronX Compiler version 2.23.1.0"))
+            .compiler_version
+            .as_deref(),
+        Some("2.23.1.0")
+    );
+
+    // An alias entry with its kind unset is must-alias (as XLA reads it).
+    let mut unset = may.clone();
+    unset.input_output_alias.as_mut().unwrap().entries[0].kind = Kind::UndefinedAlias as i32;
+    assert_eq!(neff_io_names(&unset, None).inputs, suffixed);
+
+    // Without the frontend attributes the names follow the same input<i>/output<k> scheme.
+    let bare = aliased_module(false);
+    assert!(bare.computations.iter().all(|c| c
+        .instructions
+        .iter()
+        .all(|i| i.frontend_attributes.is_none())));
+    let names = neff_io_names(&bare, Some("2.22.0"));
+    assert_eq!(names.inputs, ["input0", "input1"]);
+    assert_eq!(names.outputs, ["output0", "output1"]);
+
+    // The names come from the attributes when they are there.
+    let mut renamed = must.clone();
+    let id = renamed.entry_computation_id;
+    let entry = renamed
+        .computations
+        .iter_mut()
+        .find(|c| c.id == id)
+        .unwrap();
+    let root = entry.root_id;
+    for i in &mut entry.instructions {
+        let (key, value) = if i.id == root {
+            ("neff_output_names", "logits,cache_out")
+        } else if i.opcode == "parameter" && i.parameter_number == 1 {
+            ("neff_input_names", "kv")
+        } else {
+            continue;
+        };
+        let attrs = &mut i.frontend_attributes.as_mut().unwrap().map;
+        attrs.insert(key.into(), value.into());
+    }
+    let names = neff_io_names(&renamed, None);
+    assert_eq!(names.inputs, ["input0", "kv.must_alias_input"]);
+    assert_eq!(names.outputs, ["logits", "cache_out"]);
+}

@@ -15,7 +15,7 @@ use phi3_neuron::models::decoder::{
     Sampling,
 };
 use phi3_neuron::models::{embedded_names, resolve};
-use phi3_neuron::neuron::{default_compiler_flags, driver, Target};
+use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -405,31 +405,37 @@ fn run(args: Args) -> Result<(), String> {
     let mut entries = Vec::new();
     let mut failures = Vec::new();
     for (i, (b, files)) in built.iter().zip(files_per_graph).enumerate() {
-        let compile = compiled
-            .as_ref()
-            .map(|(version, results)| match &results[i] {
-                Ok(o) => serde_json::json!({
-                    "neff": o.neff.file_name().map(|f| f.to_string_lossy().into_owned()),
-                    "neff_bytes": o.neff_bytes,
-                    "seconds": o.seconds,
-                    "cache_hit": o.cache_hit,
-                    "cache_key": o.cache_key,
-                    "compiler_version": version,
-                    "command": o.command,
-                }),
-                Err(e) => {
-                    failures.push(e.to_string());
-                    let mut block = serde_json::json!({
-                    "error": e.to_string(),
-                    "compiler_version": version,
-                    });
-                    if let driver::DriverError::CompileFailed(f) = e {
-                        block["compiler_log"] = f.compiler_log.display().to_string().into();
-                        block["work_dir"] = f.work_dir.display().to_string().into();
+        let compile = match &compiled {
+            Some((version, results)) => {
+                let names = expected_neff_names(&dir, b, version)?;
+                Some(match &results[i] {
+                    Ok(o) => serde_json::json!({
+                        "neff": o.neff.file_name().map(|f| f.to_string_lossy().into_owned()),
+                        "neff_bytes": o.neff_bytes,
+                        "seconds": o.seconds,
+                        "cache_hit": o.cache_hit,
+                        "cache_key": o.cache_key,
+                        "compiler_version": version,
+                        "command": o.command,
+                        "neff_io_names": names,
+                    }),
+                    Err(e) => {
+                        failures.push(e.to_string());
+                        let mut block = serde_json::json!({
+                            "error": e.to_string(),
+                            "compiler_version": version,
+                            "neff_io_names": names,
+                        });
+                        if let driver::DriverError::CompileFailed(f) = e {
+                            block["compiler_log"] = f.compiler_log.display().to_string().into();
+                            block["work_dir"] = f.work_dir.display().to_string().into();
+                        }
+                        block
                     }
-                    block
-                }
-            });
+                })
+            }
+            None => None,
+        };
         entries.push(graph_entry(
             model.as_ref(),
             &GraphArtifact {
@@ -541,6 +547,21 @@ fn compile_graphs(
     let version = driver::compiler_version(compiler).map_err(|e| e.to_string())?;
     let results = driver::compile_all_with_version(compiler, &version, &jobs, parallel, &cache);
     Ok((version, results))
+}
+
+/// The NEFF input/output names to expect for a written graph (from its `.hlo.pb`: the built
+/// module is freed once written). Expected, not read: no NEFF is opened.
+fn expected_neff_names(
+    dir: &std::path::Path,
+    b: &BuiltGraph,
+    compiler_version: &str,
+) -> Result<serde_json::Value, String> {
+    use prost::Message;
+    let path = dir.join(format!("{}.hlo.pb", b.recorded.spec.name()));
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let module = xla_proto::HloModuleProto::decode(bytes.as_slice())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::to_value(neff_io_names(&module, Some(compiler_version))).map_err(|e| e.to_string())
 }
 
 fn print_stats(built: &[BuiltGraph]) {

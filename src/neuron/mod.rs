@@ -1,6 +1,6 @@
 //! Neuron-specific pieces: the neuronx-cc flags NxDI passes for decoder graphs, per graph
-//! kind and target ([`default_compiler_flags`]), the driver, the lint, and CPU stand-ins for
-//! Neuron's sampler kernels.
+//! kind and target ([`default_compiler_flags`]), the NEFF input/output names to expect
+//! ([`neff_io_names`]), the driver, the lint, and CPU stand-ins for Neuron's sampler kernels.
 
 use crate::manifest::GraphKind;
 
@@ -95,3 +95,6 @@ pub fn default_compiler_flags(kind: GraphKind, target: Target) -> Vec<String> {
 pub mod driver;
 pub mod emulate;
 pub mod lint;
+mod neff;
+
+pub use neff::{neff_io_names, NeffIoNames, MUST_ALIAS_SUFFIX, MUST_ALIAS_SUFFIX_SINCE};
