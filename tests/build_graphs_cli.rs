@@ -241,7 +241,21 @@ fn compile_runs_neuronx_cc_and_caches_neffs() {
         assert!(c["neff_bytes"].as_u64().unwrap() > 0, "{c}");
         assert_eq!(c["cache_hit"], false);
         assert!(dir.join(c["neff"].as_str().unwrap()).exists());
+        // The NEFF names the runtime should expect (computed, not read from the NEFF).
+        let names = &c["neff_io_names"];
+        assert_eq!(names["source"], "expected", "{c}");
+        assert_eq!(names["compiler_version"], "2.21.0.0+fake");
+        let inputs = names["inputs"].as_array().unwrap();
+        assert_eq!(inputs.len(), g["inputs"].as_array().unwrap().len());
+        for (k, name) in inputs.iter().enumerate() {
+            // Before 2.23 no input gets the must-alias suffix.
+            assert_eq!(name, &format!("input{k}"), "{names}");
+        }
+        let outputs = names["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), g["outputs"].as_array().unwrap().len());
+        assert_eq!(outputs[0], "output0");
     }
+    assert!(argv.contains("--logfile="), "{argv}");
     // Same protos, flags and compiler: every NEFF comes from the cache.
     let second = bin()
         .args(args)
@@ -330,11 +344,18 @@ fn compile_failures_and_a_missing_compiler_are_reported() {
         err.contains("reproduce with:") && err.contains("2 of 2 graphs failed"),
         "{err}"
     );
+    assert!(err.contains("compiler log kept at"), "{err}");
     let manifest = read_manifest(&out.join("phi-3-mini-4k/tp2"));
-    assert!(manifest["graphs"][0]["compile"]["error"]
-        .as_str()
+    let c = &manifest["graphs"][0]["compile"];
+    assert!(c["error"].as_str().unwrap().contains("failed"));
+    // The failed compile's work folder and the compiler's own log stay, named in the manifest.
+    let kept = Path::new(c["compiler_log"].as_str().unwrap());
+    assert!(kept.is_file(), "{c}");
+    assert!(std::fs::read_to_string(kept)
         .unwrap()
-        .contains("failed"));
+        .contains("NCC_FAKE002"));
+    assert!(kept.starts_with(c["work_dir"].as_str().unwrap()));
+    assert_eq!(c["neff_io_names"]["source"], "expected");
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -427,5 +448,82 @@ fn options_are_deduplicated_checked_and_recorded() {
     assert_eq!(options["fused_qkv"], false);
     assert_eq!(options["linear"], "InputMajor");
     assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
+    // trn3: lnc 2, like trn2.
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--target",
+        "trn3",
+        "--out",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = read();
+    assert_eq!(m["neuron_config"]["target"], "trn3");
+    let flags = m["graphs"][0]["compiler_flags"].as_array().unwrap();
+    assert!(flags.iter().any(|f| f == "--target=trn3") && flags.iter().any(|f| f == "--lnc=2"));
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--target",
+        "trn9",
+        "--out",
+        o,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("--target must be one of trn1, trn2, trn3, inf2"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn lint_findings_carry_their_codes_in_stats_and_manifest() {
+    let out = temp_dir("lint");
+    // The primitive sampler's stable sort is an error, its `or`s are warnings.
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--graphs",
+        "tkg",
+        "--sampling",
+        "on-device",
+        "--sampler-kernels",
+        "primitives",
+        "--stats",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(stdout.contains("1 flagged, 3 warn"), "{stdout}");
+    assert!(
+        stdout.contains("lint error LINT_UNSUPPORTED_OP: sort"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("lint warning LINT_UNDOCUMENTED_OP: or"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("lint info (allow-listed): ALLOW_COLLECTIVE"),
+        "{stdout}"
+    );
+    let m = read_manifest(&out.join("phi-3-mini-4k/tp2"));
+    let lint = &m["graphs"][0]["neuron_lint"];
+    assert_eq!(lint["clean"], false);
+    assert_eq!(lint["flagged"][0]["code"], "LINT_UNSUPPORTED_OP");
+    assert_eq!(lint["flagged"][0]["severity"], "error");
+    assert_eq!(lint["flagged"][0]["opcode"], "sort");
+    assert_eq!(lint["warnings"].as_array().unwrap().len(), 3);
+    assert_eq!(lint["warnings"][0]["code"], "LINT_UNDOCUMENTED_OP");
+    assert!(lint["allow_listed"]["ALLOW_SCATTER"].as_u64().unwrap() > 0);
     std::fs::remove_dir_all(&out).ok();
 }

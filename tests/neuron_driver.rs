@@ -121,9 +121,15 @@ fn compile_runs_exact_argv_and_writes_neff() {
     assert_eq!(argv[3], "--output");
     // A miss compiles into a staging file under the cache, then copies it into place.
     let staged = Path::new(&argv[4]);
-    assert!(staged.starts_with(&cache), "{staged:?}");
-    assert!(argv[4].ends_with("/model.neff"), "{staged:?}");
-    assert_eq!(&argv[5..], &flags[..]);
+    assert!(staged.starts_with(driver::work_root(&cache)), "{staged:?}");
+    assert!(argv[4].ends_with("/entry/model.neff"), "{staged:?}");
+    // The flags, then the driver's --logfile in the same work folder.
+    assert_eq!(&argv[5..argv.len() - 1], &flags[..]);
+    let work = staged.parent().unwrap().parent().unwrap();
+    assert_eq!(
+        argv.last().unwrap(),
+        &format!("--logfile={}/log-neuron-cc.txt", work.display())
+    );
     assert!(flags.iter().any(|f| f == "--target=trn1"));
 
     // The NEFF, the outcome, the log.
@@ -135,10 +141,12 @@ fn compile_runs_exact_argv_and_writes_neff() {
     assert!(!out.cache_hit);
     assert!(out.seconds >= 0.0);
     assert_eq!(out.cache_key, cache_key(&proto, &flags, FAKE_VERSION_LINE));
+    // The recorded command has no --logfile: the work folder is gone after a success.
     let expected_command = format!(
         "{} compile --framework=XLA {} --output {} --auto-cast=none --model-type=transformer \
          '--tensorizer-options=--enable-ccop-compute-overlap --cc-pipeline-tiling-factor=1 \
-         --vectorize-strided-dma' -O2 --lnc=1 --target=trn1",
+         --vectorize-strided-dma' -O2 --internal-hlo2tensorizer-options=--verify-hlo=true \
+         --lnc=1 --target=trn1",
         cc.display(),
         pb.display(),
         j.neff.display()
@@ -164,7 +172,11 @@ fn compile_runs_exact_argv_and_writes_neff() {
             .trim(),
         expected_command
     );
-    assert_eq!(fs::read_dir(cache.join(".tmp")).unwrap().count(), 0);
+    assert!(
+        !work.exists(),
+        "a successful compile removes its work folder"
+    );
+    assert_eq!(fs::read_dir(driver::work_root(&cache)).unwrap().count(), 0);
     assert_eq!(fs::read_dir(dir.join("out")).unwrap().count(), 1);
     let _ = fs::remove_dir_all(&dir);
 }
@@ -269,7 +281,7 @@ fn compiler_is_found_explicitly_or_on_path() {
 #[test]
 fn failed_compile_shows_log_tail_and_reproduce_command() {
     let dir = test_dir("fail");
-    let (cc, _argv_log) = logging_compiler(&dir);
+    let (cc, argv_log) = logging_compiler(&dir);
     let pb = write_proto(&dir, "will_fail.hlo.pb", b"bad graph");
     let cache = dir.join("cache");
     let j = job(&dir, "context_encoding", &pb, tkg_flags());
@@ -279,16 +291,18 @@ fn failed_compile_shows_log_tail_and_reproduce_command() {
 
     let results = compile_all(&cc, std::slice::from_ref(&j), 1, &cache).unwrap();
     let err = results.into_iter().next().unwrap().unwrap_err();
-    let DriverError::CompileFailed {
+    let DriverError::CompileFailed(failure) = &err else {
+        panic!("expected CompileFailed, got {err:?}");
+    };
+    let driver::CompileFailure {
         graph,
         status,
         log_tail,
         command,
         log,
-    } = &err
-    else {
-        panic!("expected CompileFailed, got {err:?}");
-    };
+        compiler_log,
+        work_dir,
+    } = failure.as_ref();
     assert_eq!(graph, "context_encoding");
     assert_eq!(status.code(), Some(1));
     assert_eq!(log, &j.log);
@@ -296,37 +310,87 @@ fn failed_compile_shows_log_tail_and_reproduce_command() {
     assert!(log_tail.contains("ERROR 2: [NCC_FAKE002]"), "{log_tail}");
     assert!(log_tail.lines().count() <= driver::LOG_TAIL_LINES);
     assert!(!log_tail.contains("pass 1 of 50"), "{log_tail}");
+
+    // The work folder stays, with the compiler's own log (its --logfile) and its artifacts.
+    assert!(
+        work_dir.starts_with(driver::work_root(&cache)),
+        "{work_dir:?}"
+    );
+    assert_eq!(compiler_log, &work_dir.join("log-neuron-cc.txt"));
+    let kept = fs::read_to_string(compiler_log).unwrap();
+    assert!(
+        kept.contains("pass 1 of 50") && kept.contains("NCC_FAKE002"),
+        "{kept}"
+    );
+    assert!(work_dir.join("cwd/neuronxcc-fake/notes.txt").is_file());
+    let argv = argv_lines(&argv_log).remove(0);
+    assert_eq!(
+        argv.last().unwrap(),
+        &format!("--logfile={}", compiler_log.display())
+    );
+
+    // The command reruns the compile in the kept folder, into the job's NEFF path.
     assert!(command.starts_with(&format!(
-        "{} compile --framework=XLA {} --output {}",
+        "cd {}/cwd && {} compile --framework=XLA {} --output {}",
+        work_dir.display(),
         cc.display(),
         pb.display(),
         j.neff.display()
     )));
     assert!(command.contains("'--tensorizer-options="), "{command}");
+    assert!(
+        command.ends_with(&format!("--logfile={}", compiler_log.display())),
+        "{command}"
+    );
 
     let msg = err.to_string();
     assert!(msg.contains("context_encoding"), "{msg}");
     assert!(msg.contains("ERROR 2: [NCC_FAKE002]"), "{msg}");
+    assert!(
+        msg.contains(&format!("compiler log kept at {}", compiler_log.display())),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("reproduce with: {command}")), "{msg}");
 
-    // No NEFF, no temp files, no cache entry; the full log stays.
+    // No NEFF, no cache entry; the full job log stays.
     assert!(!j.neff.exists());
     assert_eq!(fs::read_dir(dir.join("out")).unwrap().count(), 0);
     let entries: Vec<_> = fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(entries, vec![std::ffi::OsString::from(".tmp")]);
-    assert_eq!(fs::read_dir(cache.join(".tmp")).unwrap().count(), 0);
+    assert_eq!(entries, vec![std::ffi::OsString::from("work")]);
+    assert_eq!(fs::read_dir(driver::work_root(&cache)).unwrap().count(), 1);
     let full = fs::read_to_string(&j.log).unwrap();
     assert!(full.contains("pass 1 of 50") && full.contains("NCC_FAKE002"));
+    assert!(full.contains("work folder kept"), "{full}");
 
-    // The same through the environment switch, on an innocent file name.
+    // Rerunning that command reproduces the failure, logging to the same file.
+    let rerun = std::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .unwrap();
+    assert_eq!(rerun.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&rerun.stderr).contains("NCC_FAKE002"));
+    fs::remove_file(&j.neff).unwrap(); // the fake's partial output
+
+    // The same through the environment switch, on an innocent file name; a --logfile in the
+    // flags is used instead of the driver's.
     let cc_fail = wrapper(&dir, "cc-fail", &[("FAKE_NEURONX_CC_FAIL", "1")]);
     let pb2 = write_proto(&dir, "graph.hlo.pb", b"good graph");
-    let j2 = job(&dir, "g2", &pb2, vec![]);
+    let mine = dir.join("my-neuron-cc.log");
+    let j2 = job(
+        &dir,
+        "g2",
+        &pb2,
+        vec![format!("--logfile={}", mine.display())],
+    );
     let r = compile_all(&cc_fail, std::slice::from_ref(&j2), 1, &cache).unwrap();
-    assert!(matches!(r[0], Err(DriverError::CompileFailed { .. })));
+    match &r[0] {
+        Err(DriverError::CompileFailed(f)) => assert_eq!(f.compiler_log, mine),
+        other => panic!("expected CompileFailed, got {other:?}"),
+    }
+    assert!(fs::read_to_string(&mine).unwrap().contains("NCC_FAKE002"));
     assert!(!j2.neff.exists());
 
     // A missing proto is an error, not a panic, and runs nothing.
@@ -334,6 +398,50 @@ fn failed_compile_shows_log_tail_and_reproduce_command() {
     let r = compile_all(&cc, std::slice::from_ref(&j3), 1, &cache).unwrap();
     assert!(matches!(r[0], Err(DriverError::Io { .. })));
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flags_per_graph_kind_and_target() {
+    let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        default_compiler_flags(GraphKind::ContextEncoding, Target::Trn1),
+        words(&[
+            "--auto-cast=none",
+            "--model-type=transformer",
+            "--tensorizer-options=--enable-ccop-compute-overlap --cc-pipeline-tiling-factor=2 \
+             --vectorize-strided-dma",
+            "-O1",
+            "--internal-hlo2tensorizer-options=--modular-flow-mac-threshold=10 --verify-hlo=true",
+            "--lnc=1",
+            "--target=trn1",
+        ])
+    );
+    assert_eq!(
+        default_compiler_flags(GraphKind::TokenGeneration, Target::Trn2),
+        words(&[
+            "--auto-cast=none",
+            "--model-type=transformer",
+            "--tensorizer-options=--enable-ccop-compute-overlap --cc-pipeline-tiling-factor=1 \
+             --vectorize-strided-dma",
+            "-O2",
+            "--internal-hlo2tensorizer-options=--verify-hlo=true",
+            "--lnc=2",
+            "--target=trn2",
+        ])
+    );
+    let trn3 = default_compiler_flags(GraphKind::TokenGeneration, Target::Trn3);
+    assert!(
+        trn3.ends_with(&words(&["--lnc=2", "--target=trn3"])),
+        "{trn3:?}"
+    );
+    let inf2 = default_compiler_flags(GraphKind::ContextEncoding, Target::Inf2);
+    assert!(
+        inf2.ends_with(&words(&["--lnc=1", "--target=trn1"])),
+        "{inf2:?}"
+    );
+    for t in Target::ALL {
+        assert_eq!(Target::parse(t.name()), Some(t));
+    }
 }
 
 #[test]
@@ -471,7 +579,7 @@ fn parallel_compiles_keep_job_order() {
     for (r, (j, n)) in results.iter().zip(jobs.iter().zip(names)) {
         if n.contains("fail") {
             match r {
-                Err(DriverError::CompileFailed { graph, .. }) => assert_eq!(graph, n),
+                Err(DriverError::CompileFailed(f)) => assert_eq!(f.graph, n),
                 other => panic!("{n}: expected CompileFailed, got {other:?}"),
             }
             assert!(!j.neff.exists());
@@ -546,4 +654,116 @@ fn cache_key_ignores_source_locations_only() {
         .unwrap();
     exp.opcode = "tanh".into();
     assert_ne!(cache_key(&changed.encode_to_vec(), &flags, "v1"), base);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expected NEFF input/output names
+
+fn aliased_module(neff_attributes: bool) -> xla_proto::HloModuleProto {
+    use phi3_neuron::dsl::{DType, GraphBuilder};
+    use phi3_neuron::hlo::{lower, LowerOptions};
+    let b = GraphBuilder::new("names");
+    let x = b.parameter("x", DType::F32, &[4]).unwrap();
+    let cache = b.parameter("cache", DType::F32, &[8]).unwrap();
+    let at = b.scalar(DType::S32, 0.0).unwrap();
+    let y = x.exp().unwrap();
+    let written = cache.dynamic_update_slice(&x, &[&at]).unwrap();
+    b.alias_output(1, &cache).unwrap();
+    let g = b.finish(&[&y, &written]).unwrap();
+    lower(
+        &g,
+        &LowerOptions {
+            neff_io_names: neff_attributes,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn neff_names_follow_the_alias_kind_and_the_compiler_version() {
+    use phi3_neuron::neuron::{neff_io_names, MUST_ALIAS_SUFFIX};
+    use xla_proto::Kind;
+    let may = aliased_module(true);
+    assert_eq!(
+        may.input_output_alias.as_ref().unwrap().entries[0].kind,
+        Kind::MayAlias as i32
+    );
+    let names = neff_io_names(&may, None);
+    assert_eq!(names.inputs, ["input0", "input1"]);
+    assert_eq!(names.outputs, ["output0", "output1"]);
+    assert_eq!(names.source, "expected");
+    assert_eq!(names.compiler_version, None);
+
+    // A must-alias input gets the suffix from 2.23 on, and when the version is unknown.
+    let mut must = may.clone();
+    must.input_output_alias.as_mut().unwrap().entries[0].kind = Kind::MustAlias as i32;
+    let suffixed = vec!["input0".to_string(), format!("input1{MUST_ALIAS_SUFFIX}")];
+    assert_eq!(suffixed[1], "input1.must_alias_input");
+    for (version, expected) in [
+        (None, &suffixed),
+        (
+            Some("NeuronX Compiler version 2.23.6484.0+3b612583"),
+            &suffixed,
+        ),
+        (
+            Some("NeuronX Compiler version 2.27.5334.0\n\nPython version 3.10"),
+            &suffixed,
+        ),
+        (Some("a compiler of no known version"), &suffixed),
+    ] {
+        assert_eq!(
+            &neff_io_names(&must, version).inputs,
+            expected,
+            "{version:?}"
+        );
+    }
+    let old = neff_io_names(&must, Some(FAKE_VERSION_LINE));
+    assert_eq!(old.inputs, ["input0", "input1"]);
+    assert_eq!(old.compiler_version.as_deref(), Some("2.21.0.0+fake"));
+    assert_eq!(
+        neff_io_names(&must, Some("NeuronX Compiler version 2.23.1.0"))
+            .compiler_version
+            .as_deref(),
+        Some("2.23.1.0")
+    );
+
+    // An alias entry with its kind unset is must-alias (as XLA reads it).
+    let mut unset = may.clone();
+    unset.input_output_alias.as_mut().unwrap().entries[0].kind = Kind::UndefinedAlias as i32;
+    assert_eq!(neff_io_names(&unset, None).inputs, suffixed);
+
+    // Without the frontend attributes the names follow the same input<i>/output<k> scheme.
+    let bare = aliased_module(false);
+    assert!(bare.computations.iter().all(|c| c
+        .instructions
+        .iter()
+        .all(|i| i.frontend_attributes.is_none())));
+    let names = neff_io_names(&bare, Some("2.22.0"));
+    assert_eq!(names.inputs, ["input0", "input1"]);
+    assert_eq!(names.outputs, ["output0", "output1"]);
+
+    // The names come from the attributes when they are there.
+    let mut renamed = must.clone();
+    let id = renamed.entry_computation_id;
+    let entry = renamed
+        .computations
+        .iter_mut()
+        .find(|c| c.id == id)
+        .unwrap();
+    let root = entry.root_id;
+    for i in &mut entry.instructions {
+        let (key, value) = if i.id == root {
+            ("neff_output_names", "logits,cache_out")
+        } else if i.opcode == "parameter" && i.parameter_number == 1 {
+            ("neff_input_names", "kv")
+        } else {
+            continue;
+        };
+        let attrs = &mut i.frontend_attributes.as_mut().unwrap().map;
+        attrs.insert(key.into(), value.into());
+    }
+    let names = neff_io_names(&renamed, None);
+    assert_eq!(names.inputs, ["input0", "kv.must_alias_input"]);
+    assert_eq!(names.outputs, ["logits", "cache_out"]);
 }

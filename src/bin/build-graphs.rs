@@ -15,7 +15,7 @@ use phi3_neuron::models::decoder::{
     Sampling,
 };
 use phi3_neuron::models::{embedded_names, resolve};
-use phi3_neuron::neuron::{default_compiler_flags, driver, Target};
+use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -65,7 +65,7 @@ struct Args {
     /// Override the layer count (e.g. 2 for quick experiments).
     #[arg(long)]
     layers: Option<usize>,
-    /// neuronx-cc target for the recorded compiler flags: trn1, trn2 or inf2.
+    /// neuronx-cc target for the recorded compiler flags: trn1, trn2, trn3 or inf2.
     #[arg(long, default_value = "trn1")]
     target: String,
     #[arg(long)]
@@ -249,8 +249,14 @@ fn run(args: Args) -> Result<(), String> {
         "f32" => DType::F32,
         other => return Err(format!("--dtype must be bf16 or f32, got `{other}`")),
     };
-    let target = Target::parse(&args.target)
-        .ok_or_else(|| format!("--target must be trn1, trn2 or inf2, got `{}`", args.target))?;
+    let target = Target::parse(&args.target).ok_or_else(|| {
+        let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+        format!(
+            "--target must be one of {}, got `{}`",
+            names.join(", "),
+            args.target
+        )
+    })?;
     let (write_pb, write_txt) = match args.format.as_str() {
         "pb" => (true, false),
         "txt" => (false, true),
@@ -406,23 +412,37 @@ fn run(args: Args) -> Result<(), String> {
     let mut entries = Vec::new();
     let mut failures = Vec::new();
     for (i, (b, files)) in built.iter().zip(files_per_graph).enumerate() {
-        let compile = compiled
-            .as_ref()
-            .map(|(version, results)| match &results[i] {
-                Ok(o) => serde_json::json!({
-                    "neff": o.neff.file_name().map(|f| f.to_string_lossy().into_owned()),
-                    "neff_bytes": o.neff_bytes,
-                    "seconds": o.seconds,
-                    "cache_hit": o.cache_hit,
-                    "cache_key": o.cache_key,
-                    "compiler_version": version,
-                    "command": o.command,
-                }),
-                Err(e) => {
-                    failures.push(e.to_string());
-                    serde_json::json!({ "error": e.to_string(), "compiler_version": version })
-                }
-            });
+        let compile = match &compiled {
+            Some((version, results)) => {
+                let names = expected_neff_names(&dir, b, version)?;
+                Some(match &results[i] {
+                    Ok(o) => serde_json::json!({
+                        "neff": o.neff.file_name().map(|f| f.to_string_lossy().into_owned()),
+                        "neff_bytes": o.neff_bytes,
+                        "seconds": o.seconds,
+                        "cache_hit": o.cache_hit,
+                        "cache_key": o.cache_key,
+                        "compiler_version": version,
+                        "command": o.command,
+                        "neff_io_names": names,
+                    }),
+                    Err(e) => {
+                        failures.push(e.to_string());
+                        let mut block = serde_json::json!({
+                            "error": e.to_string(),
+                            "compiler_version": version,
+                            "neff_io_names": names,
+                        });
+                        if let driver::DriverError::CompileFailed(f) = e {
+                            block["compiler_log"] = f.compiler_log.display().to_string().into();
+                            block["work_dir"] = f.work_dir.display().to_string().into();
+                        }
+                        block
+                    }
+                })
+            }
+            None => None,
+        };
         entries.push(graph_entry(
             model.as_ref(),
             &GraphArtifact {
@@ -536,11 +556,26 @@ fn compile_graphs(
     Ok((version, results))
 }
 
+/// The NEFF input/output names to expect for a written graph (from its `.hlo.pb`: the built
+/// module is freed once written). Expected, not read: no NEFF is opened.
+fn expected_neff_names(
+    dir: &std::path::Path,
+    b: &BuiltGraph,
+    compiler_version: &str,
+) -> Result<serde_json::Value, String> {
+    use prost::Message;
+    let path = dir.join(format!("{}.hlo.pb", b.recorded.spec.name()));
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let module = xla_proto::HloModuleProto::decode(bytes.as_slice())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::to_value(neff_io_names(&module, Some(compiler_version))).map_err(|e| e.to_string())
+}
+
 fn print_stats(built: &[BuiltGraph]) {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!();
     println!(
-        "{:<16} {:>12} {:>11} {:>10} {:>11} {:>11} {:>14} {:>10}",
+        "{:<16} {:>12} {:>11} {:>10} {:>11} {:>11} {:>14} {:>14}",
         "graph",
         "GFLOP (dot)",
         "weight MiB",
@@ -552,8 +587,9 @@ fn print_stats(built: &[BuiltGraph]) {
     );
     for b in built {
         let flagged = b.findings.iter().filter(|f| f.is_flagged()).count();
+        let warnings = b.findings.iter().filter(|f| f.is_warning()).count();
         println!(
-            "{:<16} {:>12.2} {:>11.1} {:>10.1} {:>11.1} {:>11} {:>14.2} {:>10}",
+            "{:<16} {:>12.2} {:>11.1} {:>10.1} {:>11.1} {:>11} {:>14.2} {:>14}",
             b.recorded.spec.name(),
             b.stats.dot_flops as f64 / 1e9,
             mib(b.weight_bytes),
@@ -561,10 +597,11 @@ fn print_stats(built: &[BuiltGraph]) {
             mib(b.stats.activation_bytes),
             b.stats.collectives,
             mib(b.stats.collective_bytes),
-            if flagged == 0 {
-                "clean".to_string()
-            } else {
-                format!("{flagged} flagged")
+            match (flagged, warnings) {
+                (0, 0) => "clean".to_string(),
+                (0, w) => format!("clean, {w} warn"),
+                (e, 0) => format!("{e} flagged"),
+                (e, w) => format!("{e} flagged, {w} warn"),
             }
         );
     }
@@ -574,11 +611,32 @@ fn print_stats(built: &[BuiltGraph]) {
         ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let line: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
         println!("  {}", line.join(", "));
-        for f in b.findings.iter().filter(|f| f.is_flagged()) {
+        for f in b
+            .findings
+            .iter()
+            .filter(|f| f.is_flagged() || f.is_warning())
+        {
             println!(
-                "  lint: {} {} at {}: {}",
-                f.opcode, f.instruction, f.scope, f.message
+                "  lint {} {}: {} {} at {}: {}",
+                f.severity.name(),
+                f.code,
+                f.opcode,
+                f.instruction,
+                f.scope,
+                f.message
             );
+        }
+        let mut info: std::collections::BTreeMap<&str, usize> = Default::default();
+        for f in b
+            .findings
+            .iter()
+            .filter(|f| !f.is_flagged() && !f.is_warning())
+        {
+            *info.entry(f.code).or_default() += 1;
+        }
+        if !info.is_empty() {
+            let line: Vec<String> = info.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            println!("  lint info (allow-listed): {}", line.join(", "));
         }
     }
 }

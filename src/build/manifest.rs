@@ -7,7 +7,7 @@ use crate::manifest::{Buckets, GraphEntry, IoEntry, KvState, Manifest, ModelInfo
 use crate::models::decoder::{
     DecoderModel, GraphKind, GraphOptions, GraphSpec, SamplerKernels, Sampling,
 };
-use crate::neuron::lint::Finding;
+use crate::neuron::lint::{Finding, Severity};
 use crate::parallel::ShardPlan;
 use crate::weights::WeightDecl;
 use serde_json::{json, Value};
@@ -22,12 +22,36 @@ pub struct GraphArtifact<'a> {
     pub compile: Option<Value>,
 }
 
-fn allow_listed_counts(findings: &[Finding]) -> BTreeMap<String, usize> {
+/// How many info findings of each code (the allow-listed forms a graph relies on).
+fn allow_listed_counts(findings: &[Finding]) -> BTreeMap<&'static str, usize> {
     let mut counts = BTreeMap::new();
-    for f in findings.iter().filter(|f| !f.is_flagged()) {
-        *counts.entry(format!("{:?}", f.allowance)).or_default() += 1;
+    for f in findings.iter().filter(|f| f.severity == Severity::Info) {
+        *counts.entry(f.code).or_default() += 1;
     }
     counts
+}
+
+/// The manifest's `neuron_lint` block: `clean` (no error), the info counts per code, and each
+/// error (`flagged`) and warning with its code.
+pub fn lint_json(findings: &[Finding]) -> Value {
+    let list = |severity: Severity| {
+        findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .map(|f| {
+                json!({
+                    "code": f.code, "severity": f.severity.name(), "instruction": f.instruction,
+                    "opcode": f.opcode, "message": f.message, "scope": f.scope,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "clean": findings.iter().all(|f| !f.is_flagged()),
+        "allow_listed": allow_listed_counts(findings),
+        "flagged": list(Severity::Error),
+        "warnings": list(Severity::Warning),
+    })
 }
 
 pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntry {
@@ -87,13 +111,7 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
             "collective_bytes_per_rank": b.stats.collective_bytes,
             "op_histogram": b.stats.op_histogram,
         }),
-        neuron_lint: json!({
-            "clean": f.iter().all(|f| !f.is_flagged()),
-            "allow_listed": allow_listed_counts(f),
-            "flagged": f.iter().filter(|f| f.is_flagged()).map(|f| json!({
-                "instruction": f.instruction, "opcode": f.opcode, "message": f.message, "scope": f.scope,
-            })).collect::<Vec<_>>(),
-        }),
+        neuron_lint: lint_json(f),
         compile: a.compile.clone().unwrap_or(Value::Null),
     }
 }

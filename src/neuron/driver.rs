@@ -12,16 +12,25 @@
 //! ([`default_compiler_flags`](super::default_compiler_flags) already holds them). The
 //! compiler's stdout and stderr both go to the job's log file.
 //!
+//! **Work folder.** Each compile runs in its own folder `<cache_dir>/work/<key>.<pid>.<n>/`:
+//! the compiler's current directory is `cwd/` in it (neuronx-cc leaves its artifacts there),
+//! the NEFF is staged in `entry/`, and the driver adds
+//! `--logfile=<work folder>/log-neuron-cc.txt` to the command (unless the flags already name
+//! a `--logfile`). A successful compile removes the folder; **a failed one keeps it**, so the
+//! compiler's own log and artifacts can be read (or sent to AWS) afterwards.
+//!
 //! **Cache.** The key is `sha256(proto bytes ‖ NUL ‖ flags joined by '\n' ‖ NUL ‖ the compiler's
-//! --version output)`, as lowercase hex. An entry is a folder `<cache_dir>/<key>/` holding
-//! `model.neff`, `compile_flags.json` (the flags as a JSON array), `command.txt` (the command
-//! line) and `compiler_version.txt`. Entries are staged under `<cache_dir>/.tmp/` and renamed
-//! into place as a whole, so an entry with a `model.neff` is always complete. A hit copies the
-//! cached NEFF to the job's output without running the compiler.
+//! --version output)`, as lowercase hex; the per-run `--logfile` is not part of it. An entry
+//! is a folder `<cache_dir>/<key>/` holding `model.neff`, `compile_flags.json` (the flags as a
+//! JSON array), `command.txt` (the command line) and `compiler_version.txt`. The entry is
+//! staged in the work folder and renamed into place as a whole, so an entry with a
+//! `model.neff` is always complete. A hit copies the cached NEFF to the job's output without
+//! running the compiler.
 //!
 //! **Failure.** A failed compile leaves no NEFF at the job's output path (a stale one from an
-//! earlier run is removed too) and no cache entry; the error carries the tail of the log and a
-//! copy-pasteable command that reproduces it.
+//! earlier run is removed too) and no cache entry; the error carries the tail of the log, the
+//! kept compiler log and work folder, and a copy-pasteable command that reruns the compile in
+//! that folder.
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -65,20 +74,32 @@ pub enum DriverError {
     },
 
     /// The compiler ran and failed.
-    #[error(
-        "neuronx-cc failed to compile graph `{graph}` ({status}); last lines of {}:\n{log_tail}\nreproduce with: {command}",
-        log.display()
-    )]
-    CompileFailed {
-        graph: String,
-        status: ExitStatus,
-        /// The last [`LOG_TAIL_LINES`] lines of the compiler's stdout+stderr.
-        log_tail: String,
-        /// A shell command line that reruns the compile (output to the job's NEFF path).
-        command: String,
-        /// The full log.
-        log: PathBuf,
-    },
+    #[error(transparent)]
+    CompileFailed(Box<CompileFailure>),
+}
+
+/// A compile that ran and failed: what [`DriverError::CompileFailed`] carries.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "neuronx-cc failed to compile graph `{graph}` ({status}); last lines of {}:\n{log_tail}\n\
+     compiler log kept at {} (work folder {})\nreproduce with: {command}",
+    log.display(), compiler_log.display(), work_dir.display()
+)]
+pub struct CompileFailure {
+    pub graph: String,
+    pub status: ExitStatus,
+    /// The last [`LOG_TAIL_LINES`] lines of the compiler's stdout+stderr (of its `--logfile`
+    /// when those were empty).
+    pub log_tail: String,
+    /// A shell command line that reruns the compile in the kept work folder (output to the
+    /// job's NEFF path, log to `compiler_log`).
+    pub command: String,
+    /// The job's log: the compiler's stdout+stderr.
+    pub log: PathBuf,
+    /// The compiler's own log (`--logfile`), kept.
+    pub compiler_log: PathBuf,
+    /// The kept work folder: the compiler's current directory is `cwd/` in it.
+    pub work_dir: PathBuf,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DriverError {
@@ -466,8 +487,8 @@ impl Driver<'_> {
         })
     }
 
-    /// Runs the compiler into a staging folder, copies its NEFF to the output, and installs the
-    /// staging folder as the cache entry. The staging folder is gone afterwards either way.
+    /// Runs the compiler in a fresh work folder, copies its NEFF to the output, and installs
+    /// the staged entry in the cache. The work folder is removed unless the compile failed.
     fn compile_miss(
         &self,
         job: &CompileJob,
@@ -477,15 +498,20 @@ impl Driver<'_> {
         key: &str,
         command: &str,
     ) -> Result<(), DriverError> {
-        let tmp_root = self.cache_dir.join(".tmp");
-        let work = tmp_root.join(format!("{key}.{}", unique_suffix()));
-        let stage = work.join("entry");
-        let cwd = work.join("cwd");
-        for d in [&stage, &cwd] {
+        let work = work_root(self.cache_dir).join(format!("{key}.{}", unique_suffix()));
+        let dirs = WorkDirs {
+            stage: work.join("entry"),
+            cwd: work.join("cwd"),
+            compiler_log: logfile_flag(&job.flags).unwrap_or_else(|| work.join(COMPILER_LOG_NAME)),
+            root: work,
+        };
+        for d in [&dirs.stage, &dirs.cwd] {
             fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
         }
-        let result = self.run_compiler(job, hlo_pb, neff, log, key, command, &stage, &cwd);
-        let _ = fs::remove_dir_all(&work);
+        let result = self.run_compiler(job, hlo_pb, neff, log, key, command, &dirs);
+        if !matches!(result, Err(DriverError::CompileFailed(_))) {
+            let _ = fs::remove_dir_all(&dirs.root);
+        }
         result
     }
 
@@ -498,11 +524,12 @@ impl Driver<'_> {
         log: &Path,
         key: &str,
         command: &str,
-        stage: &Path,
-        cwd: &Path,
+        dirs: &WorkDirs,
     ) -> Result<(), DriverError> {
+        let (stage, cwd) = (&dirs.stage, &dirs.cwd);
         let staged_neff = stage.join("model.neff");
-        let args = compile_args(hlo_pb, &staged_neff, &job.flags);
+        let flags = with_logfile(&job.flags, &dirs.compiler_log);
+        let args = compile_args(hlo_pb, &staged_neff, &flags);
 
         if let Some(dir) = log.parent() {
             fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -514,7 +541,11 @@ impl Driver<'_> {
             .write(true)
             .open(log)
             .map_err(io_err(format!("creating {}", log.display())))?;
-        let header = format!("$ {command}\n# staged output: {}\n", staged_neff.display());
+        let header = format!(
+            "$ {command}\n# staged output: {}\n# compiler log: {}\n",
+            staged_neff.display(),
+            dirs.compiler_log.display()
+        );
         log_file
             .write_all(header.as_bytes())
             .map_err(io_err(format!("writing {}", log.display())))?;
@@ -546,19 +577,39 @@ impl Driver<'_> {
             let _ = log_file.seek(SeekFrom::Start(header.len() as u64));
             let _ = log_file.read_to_end(&mut output);
             let mut log_tail = tail_lines(&String::from_utf8_lossy(&output), LOG_TAIL_LINES);
+            if log_tail.trim().is_empty() {
+                if let Ok(text) = fs::read(&dirs.compiler_log) {
+                    log_tail = tail_lines(&String::from_utf8_lossy(&text), LOG_TAIL_LINES);
+                }
+            }
             if status.success() {
                 log_tail.push_str(&format!(
                     "\n[driver] the compiler exited 0 but wrote no {}",
                     staged_neff.display()
                 ));
             }
-            return Err(DriverError::CompileFailed {
+            let rerun = format!(
+                "cd {} && {}",
+                shell_quote(&cwd.to_string_lossy()),
+                shell_command(
+                    self.compiler,
+                    &compile_args(hlo_pb, neff, &with_logfile(&job.flags, &dirs.compiler_log))
+                )
+            );
+            let _ = writeln!(
+                log_file,
+                "[driver] compile failed; work folder kept: {}",
+                dirs.root.display()
+            );
+            return Err(DriverError::CompileFailed(Box::new(CompileFailure {
                 graph: job.name.clone(),
                 status,
                 log_tail,
-                command: command.to_string(),
+                command: rerun,
                 log: log.to_path_buf(),
-            });
+                compiler_log: dirs.compiler_log.clone(),
+                work_dir: dirs.root.clone(),
+            })));
         }
         drop(log_file);
 
@@ -604,6 +655,50 @@ impl Driver<'_> {
             Err(e) => Err(e),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work folders and the compiler's own log
+
+/// The file name of the compiler's own log in a work folder (NxD's name for it).
+pub const COMPILER_LOG_NAME: &str = "log-neuron-cc.txt";
+
+/// Where compiles run: `<cache_dir>/work/`, one folder per compile (kept when it failed).
+pub fn work_root(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("work")
+}
+
+/// One compile's folders.
+struct WorkDirs {
+    root: PathBuf,
+    /// The staged cache entry (`model.neff` and the metadata files).
+    stage: PathBuf,
+    /// The compiler's current directory.
+    cwd: PathBuf,
+    /// The compiler's `--logfile`.
+    compiler_log: PathBuf,
+}
+
+/// The `--logfile` the flags already pass (`--logfile=PATH` or `--logfile PATH`), if any.
+fn logfile_flag(flags: &[String]) -> Option<PathBuf> {
+    flags.iter().enumerate().find_map(|(k, f)| {
+        if let Some(p) = f.strip_prefix("--logfile=") {
+            Some(PathBuf::from(p))
+        } else if f == "--logfile" {
+            flags.get(k + 1).map(PathBuf::from)
+        } else {
+            None
+        }
+    })
+}
+
+/// `flags` plus `--logfile=<log>`, unless they already name a log file.
+fn with_logfile(flags: &[String], log: &Path) -> Vec<String> {
+    let mut flags = flags.to_vec();
+    if logfile_flag(&flags).is_none() {
+        flags.push(format!("--logfile={}", log.display()));
+    }
+    flags
 }
 
 // ---------------------------------------------------------------------------------------------

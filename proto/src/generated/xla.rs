@@ -396,6 +396,36 @@ impl PrimitiveType {
         }
     }
 }
+/// The bit generator of rng-bit-generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RandomAlgorithm {
+    RngDefault = 0,
+    RngThreeFry = 1,
+    RngPhilox = 2,
+}
+impl RandomAlgorithm {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::RngDefault => "RNG_DEFAULT",
+            Self::RngThreeFry => "RNG_THREE_FRY",
+            Self::RngPhilox => "RNG_PHILOX",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RNG_DEFAULT" => Some(Self::RngDefault),
+            "RNG_THREE_FRY" => Some(Self::RngThreeFry),
+            "RNG_PHILOX" => Some(Self::RngPhilox),
+            _ => None,
+        }
+    }
+}
 /// One HLO instruction.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HloInstructionProto {
@@ -497,6 +527,10 @@ pub struct HloInstructionProto {
     pub k: i64,
     #[prost(bool, tag = "85")]
     pub largest: bool,
+    /// Only for rng-bit-generator (the project never emits one; the Neuron lint
+    /// reads it: neuronx-cc accepts only RNG_DEFAULT).
+    #[prost(enumeration = "RandomAlgorithm", tag = "70")]
+    pub rng_algorithm: i32,
 }
 /// Nested message and enum types in `HloInstructionProto`.
 pub mod hlo_instruction_proto {
