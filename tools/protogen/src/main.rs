@@ -6,9 +6,9 @@
 //! protogen <proto-dir> <output-file>
 //! ```
 //!
-//! `protoc` is built from source by the `protobuf-src` crate, so the output depends only on
-//! this crate's `Cargo.lock` (prost-build and protobuf versions) and the installed `rustfmt`,
-//! not on whatever `protoc` the machine happens to have.
+//! The `.proto` files are parsed by `protox`, a protobuf compiler written in Rust, so no
+//! `protoc` is involved: the output depends only on this crate's `Cargo.lock` (protox and
+//! prost-build versions) and the installed `rustfmt`, and the tool builds in about a minute.
 
 use std::error::Error;
 use std::fs;
@@ -41,48 +41,33 @@ fn run() -> Result<()> {
         fs::canonicalize(proto_dir).map_err(|e| format!("proto dir {proto_dir}: {e}"))?;
     let out_path = PathBuf::from(out_path);
 
-    let protoc = protobuf_src::protoc();
-    let protoc_version = protoc_version(&protoc)?;
-
     // prost-build writes `<package>.rs` into out_dir; use a private scratch directory.
     let scratch = std::env::temp_dir().join(format!("protogen-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
-    let result = generate(&protoc, &proto_dir, &scratch);
+    let result = generate(&proto_dir, &scratch);
     let _ = fs::remove_dir_all(&scratch);
     let code = result?;
 
-    let text = format!("{HEADER}// protoc: {protoc_version} (protobuf-src); generator: prost-build 0.14.\n\n{code}");
+    let text = format!("{HEADER}// parser: protox 0.10; generator: prost-build 0.14.\n\n{code}");
     let text = rustfmt(&text, &proto_dir)?;
     write_atomically(&out_path, text.as_bytes())?;
     eprintln!("protogen: wrote {}", out_path.display());
     Ok(())
 }
 
-/// Runs prost-build and returns the generated `xla.rs`.
-fn generate(protoc: &Path, proto_dir: &Path, scratch: &Path) -> Result<String> {
+/// Parses the protos with protox and runs prost-build on the descriptors; returns `xla.rs`.
+fn generate(proto_dir: &Path, scratch: &Path) -> Result<String> {
     let files: Vec<PathBuf> = PROTO_FILES.iter().map(|f| proto_dir.join(f)).collect();
+    let descriptors = protox::compile(&files, [proto_dir])?;
     prost_build::Config::new()
-        .protoc_executable(protoc)
         // Maps become BTreeMap: the serialized HLO must be deterministic, and HashMap
         // iteration order is not. Bytes fields stay Vec<u8> (prost-build's default).
         .btree_map(["."])
         .out_dir(scratch)
-        .compile_protos(&files, &[proto_dir])?;
+        .compile_fds(descriptors)?;
     let generated = scratch.join("xla.rs");
     fs::read_to_string(&generated).map_err(|e| format!("{}: {e}", generated.display()).into())
-}
-
-/// `protoc --version`, e.g. `libprotoc 27.1`.
-fn protoc_version(protoc: &Path) -> Result<String> {
-    let out = Command::new(protoc)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("running {}: {e}", protoc.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} --version failed", protoc.display()).into());
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 /// Formats `code` with `rustfmt --edition 2021` (stdin to stdout). It runs in `config_dir` so
