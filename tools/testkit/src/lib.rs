@@ -327,13 +327,20 @@ impl FullWidthCase {
             self.config_json, self.checkpoint
         );
         let stamp_file = dir.join("stamp");
+        // One writer per process; the folder is built beside its final name and renamed into
+        // place, so a reader never sees a half-written checkpoint.
+        static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
         if std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
             return dir;
         }
-        let _ = std::fs::remove_file(&stamp_file);
-        write_hashed_checkpoint(&dir, &self.config_json, &self.checkpoint, bf16)
-            .unwrap_or_else(|e| panic!("writing {}: {e}", dir.display()));
-        std::fs::write(&stamp_file, stamp).unwrap();
+        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        write_hashed_checkpoint(&tmp, &self.config_json, &self.checkpoint, bf16)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+        std::fs::write(tmp.join("stamp"), stamp).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).unwrap();
         dir
     }
 }
