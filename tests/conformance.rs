@@ -923,6 +923,7 @@ fn custom_call_lowered_fields() {
     assert_eq!(cc.custom_call_target, "AwsNeuronRmsNorm");
     assert_eq!(cc.backend_config, CUSTOM_CALL_CONFIG);
     assert!(!cc.custom_call_has_side_effect);
+    // Not unspecified (as torch-neuronx leaves it): XLA's proto reader rejects that.
     assert_eq!(
         cc.custom_call_api_version,
         xla_proto::CustomCallApiVersion::ApiVersionOriginal as i32

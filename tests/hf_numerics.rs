@@ -17,7 +17,7 @@
 use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    CacheWrite, Fusion, GraphOptions, GraphSpec, LinearForm, Sampling,
+    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphOptions, GraphSpec, LinearForm, Sampling,
 };
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
@@ -212,6 +212,27 @@ fn knobs_keep_the_numerics() {
                 ..default.clone()
             },
         ),
+        (
+            "the windowed decode scatter",
+            GraphOptions {
+                decode_cache_write: CacheWrite::Scatter,
+                ..default.clone()
+            },
+        ),
+        (
+            "may-alias KV state",
+            GraphOptions {
+                kv_alias: AliasKind::May,
+                ..default.clone()
+            },
+        ),
+        (
+            "grouped GQA dots ([B, kv, g, S, hd] queries)",
+            GraphOptions {
+                gqa_dot: GqaDot::Grouped,
+                ..default.clone()
+            },
+        ),
         ("the CPU preset", GraphOptions::cpu()),
         (
             "on-device greedy, gathered logits",
@@ -244,6 +265,7 @@ fn knobs_keep_the_numerics() {
     }
 }
 
+/// bf16 with the default forms: bf16-result matmuls (as AWS writers emit).
 #[test]
 fn bf16_stays_close_to_hf() {
     for f in FIXTURES {
@@ -253,9 +275,22 @@ fn bf16_stays_close_to_hf() {
     }
 }
 
-/// A batch-2 decode step with a different position per sequence: NxD's scatter and the
-/// per-sequence dynamic-update-slice chain give the same logits and caches (to float
-/// rounding), and each writes exactly row `position[b]` of sequence `b`.
+/// bf16 with f32-result matmuls (one rounding after the bias), and the CPU preset.
+#[test]
+fn bf16_f32_result_dots_stay_close_to_hf() {
+    let f32_dots = GraphOptions {
+        dot_result: DotResult::F32,
+        ..GraphOptions::default()
+    };
+    for f in FIXTURES {
+        check(f, 2, DType::BF16, 0.03, 8, &f32_dots);
+        check(f, 2, DType::BF16, 0.03, 8, &GraphOptions::cpu());
+    }
+}
+
+/// A batch-2 decode step with a different position per sequence: the windowed scatter, NxD's
+/// element-wise scatter and the per-sequence dynamic-update-slice chain give the same logits
+/// and caches (to float rounding), and each writes exactly row `position[b]` of sequence `b`.
 #[test]
 fn batched_decode_cache_writes_agree() {
     use phi3_neuron::hlo::{lower, LowerOptions};
@@ -288,9 +323,16 @@ fn batched_decode_cache_writes_agree() {
     };
     let mut results = Vec::new();
     let mut cache_inputs: Vec<Vec<f32>> = Vec::new();
-    for write in [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice] {
+    let writes = [
+        CacheWrite::Scatter,
+        CacheWrite::ElementScatter,
+        CacheWrite::DynamicUpdateSlice,
+    ];
+    for write in writes {
         let mut spec = GraphSpec::token_generation(2, 16, DType::F32);
         spec.options.decode_cache_write = write;
+        // The caches are borrowed (compared after the call), which must-alias forbids.
+        spec.options.kv_alias = AliasKind::May;
         let g = cfg.record(&plan, &spec).unwrap();
         let shard = shard_rank(&ckpt, &g.weights, 1, 0).unwrap();
         let exe = client
@@ -343,13 +385,15 @@ fn batched_decode_cache_writes_agree() {
                 .collect::<Vec<_>>(),
         );
     }
-    // XLA fuses the two graphs differently, so the new K/V rows may differ in the last bits.
-    for (k, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
-        let diff = max_abs_diff(a, b);
-        assert!(
-            diff <= 1e-5,
-            "output {k}: scatter and dynamic-update-slice differ by {diff:e}"
-        );
+    // XLA fuses the graphs differently, so the new K/V rows may differ in the last bits.
+    for (w, other) in writes.iter().zip(&results).skip(1) {
+        for (k, (a, b)) in results[0].iter().zip(other).enumerate() {
+            let diff = max_abs_diff(a, b);
+            assert!(
+                diff <= 1e-5,
+                "output {k}: the windowed scatter and {w:?} differ by {diff:e}"
+            );
+        }
     }
     // Only row pos[b] of sequence b changed, in every cache.
     let (kv_heads, smax, hd) = (
@@ -357,7 +401,10 @@ fn batched_decode_cache_writes_agree() {
         16usize,
         plan.head_dim as usize,
     );
-    for (c, (before, after)) in cache_inputs.iter().zip(&results[0][1..]).enumerate() {
+    let every = results
+        .iter()
+        .flat_map(|r| cache_inputs.iter().zip(&r[1..]));
+    for (c, (before, after)) in every.enumerate() {
         for (b, &p) in pos.iter().enumerate() {
             for h in 0..kv_heads {
                 for s in 0..smax {

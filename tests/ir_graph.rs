@@ -42,6 +42,7 @@ fn verifier_reports_three_independent_errors() {
     g.aliases.push(Alias {
         output: 0,
         parameter: 9,
+        kind: Default::default(),
     });
 
     let errs = verify(&g).unwrap_err();
@@ -82,6 +83,7 @@ fn verifier_catches_ill_typed_nodes_and_bad_outputs() {
     g.aliases.push(Alias {
         output: 3,
         parameter: 0,
+        kind: Default::default(),
     });
     let errs = verify(&g).unwrap_err();
     assert_eq!(errs.errors.len(), 2, "{errs}");

@@ -78,9 +78,13 @@ fn module_obeys_xla_rules() {
         (alias.output_shape_index.clone(), alias.parameter_number),
         (vec![2], 2)
     );
-    // Reducers are generated once per (kind, dtype) and shared.
+    // Reducers are generated once per (kind, dtype) and shared; a collective's reducer is
+    // never shared with a reduce's.
     let comp_names: Vec<&str> = m.computations.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(comp_names, vec!["add_f32", "argmax_f32_s32", "main"]);
+    assert_eq!(
+        comp_names,
+        vec!["add_f32", "collective_add_f32", "argmax_f32_s32", "main"]
+    );
 }
 
 #[test]

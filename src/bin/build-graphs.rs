@@ -11,8 +11,8 @@ use phi3_neuron::build::set::{write_graphs, write_manifest, WriteOptions};
 use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl, SamplerKernels,
-    Sampling,
+    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphKind, GraphOptions, GraphSpec,
+    LinearForm, NormImpl, SamplerKernels, Sampling,
 };
 use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
@@ -90,14 +90,28 @@ struct Args {
     /// (w·xᵀ) or input-major (weights stored [in, out], x·W; the cpu preset's).
     #[arg(long)]
     linear: Option<String>,
-    /// neuron (NxD's forms, Neuron's sampler kernels), cpu (the forms the PJRT CPU plugin runs
-    /// fastest: dus, input-major) or portable (NxD's forms from primitives only).
+    /// neuron (the forms AWS's writers emit, Neuron's sampler kernels), cpu (the forms the PJRT
+    /// CPU plugin runs fastest: dus, input-major, may-alias, f32 dots, grouped GQA) or portable
+    /// (the neuron forms from primitives only).
     #[arg(long, default_value = "neuron")]
     preset: String,
-    /// Decode cache write: scatter (NxD's; the neuron preset's) or dus (one
-    /// dynamic-update-slice per sequence; the cpu preset's).
+    /// Decode cache write: element-scatter (NxD's torch.scatter form; the neuron preset's),
+    /// scatter (one windowed scatter of [kv, hd] rows) or dus (one dynamic-update-slice per
+    /// sequence; the cpu preset's).
     #[arg(long)]
     cache_write: Option<String>,
+    /// KV-state input_output_alias kind: must (AWS writers'; the neuron preset's) or may (the
+    /// cpu preset's).
+    #[arg(long)]
+    kv_alias: Option<String>,
+    /// Result dtype of bf16 matmuls: operand (bf16, as AWS writers emit; the neuron preset's)
+    /// or f32 (then one convert; the cpu preset's).
+    #[arg(long)]
+    dot_result: Option<String>,
+    /// GQA attention dots: merged (queries [B, kv, g·S, hd]; the neuron preset's) or grouped
+    /// ([B, kv, g, S, hd]; the cpu preset's).
+    #[arg(long)]
+    gqa_dot: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -190,9 +204,27 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
         qkv: fusion[pick("qkv", &args.qkv, &fusions)?],
         gate_up: fusion[pick("gate-up", &args.gate_up, &fusions)?],
         decode_cache_write: match &args.cache_write {
-            Some(v) => [CacheWrite::Scatter, CacheWrite::DynamicUpdateSlice]
-                [pick("cache-write", v, &["scatter", "dus"])?],
+            Some(v) => [
+                CacheWrite::ElementScatter,
+                CacheWrite::Scatter,
+                CacheWrite::DynamicUpdateSlice,
+            ][pick("cache-write", v, &["element-scatter", "scatter", "dus"])?],
             None => base.decode_cache_write,
+        },
+        kv_alias: match &args.kv_alias {
+            Some(v) => [AliasKind::Must, AliasKind::May][pick("kv-alias", v, &["must", "may"])?],
+            None => base.kv_alias,
+        },
+        dot_result: match &args.dot_result {
+            Some(v) => [DotResult::OperandType, DotResult::F32]
+                [pick("dot-result", v, &["operand", "f32"])?],
+            None => base.dot_result,
+        },
+        gqa_dot: match &args.gqa_dot {
+            Some(v) => {
+                [GqaDot::Merged, GqaDot::Grouped][pick("gqa-dot", v, &["merged", "grouped"])?]
+            }
+            None => base.gqa_dot,
         },
         sampling: [Sampling::None, Sampling::Greedy, Sampling::OnDevice]
             [pick("sampling", &args.sampling, &["none", "greedy", "on-device"])?],

@@ -131,6 +131,9 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "max_top_k": o.max_top_k,
         "gather_logits": o.gather_logits,
         "rms_norm": format!("{:?}", o.rms_norm),
+        "kv_alias": format!("{:?}", o.kv_alias),
+        "dot_result": format!("{:?}", o.dot_result),
+        "gqa_dot": format!("{:?}", o.gqa_dot),
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }

@@ -6,8 +6,8 @@ use crate::ir::ops::{
     Concatenate, Constant, CustomCall, GetTupleElement, Iota, Op, Parameter, Tuple,
 };
 use crate::ir::{
-    verify, Alias, ArrayType, DType, Graph, Literal, Node, NodeId, Provenance, ShapeError, Type,
-    VerifyErrors,
+    verify, Alias, AliasKind, ArrayType, DType, Graph, Literal, Node, NodeId, Provenance,
+    ShapeError, Type, VerifyErrors,
 };
 use std::cell::RefCell;
 use std::panic::Location;
@@ -356,6 +356,17 @@ impl GraphBuilder {
     /// Checked by the verifier when the graph is finished.
     #[track_caller]
     pub fn alias_output(&self, output: usize, param: &Tensor) -> Result<(), OpError> {
+        self.alias_output_as(output, param, AliasKind::May)
+    }
+
+    /// [`GraphBuilder::alias_output`] with the alias kind.
+    #[track_caller]
+    pub fn alias_output_as(
+        &self,
+        output: usize,
+        param: &Tensor,
+        kind: AliasKind,
+    ) -> Result<(), OpError> {
         let number = match &self.state.borrow().graph.node(param.id()).op {
             Op::Parameter(p) => Some(p.number),
             _ => None,
@@ -372,11 +383,11 @@ impl GraphBuilder {
                 Location::caller(),
             ));
         };
-        self.state
-            .borrow_mut()
-            .graph
-            .aliases
-            .push(Alias { output, parameter });
+        self.state.borrow_mut().graph.aliases.push(Alias {
+            output,
+            parameter,
+            kind,
+        });
         Ok(())
     }
 

@@ -11,7 +11,7 @@ mod tensor;
 pub use crate::ir::ops::{
     Direction, DotDims, GatherDims, ReduceKind, ReplicaGroups, ScatterCombiner, ScatterDims,
 };
-pub use crate::ir::{ArrayType, DType, Graph, Literal, Type};
+pub use crate::ir::{AliasKind, ArrayType, DType, Graph, Literal, Type};
 pub use builder::{GraphBuilder, ScopeGuard, TupleValue};
 pub use error::{OpError, OpErrorDetail};
 pub use tensor::Tensor;

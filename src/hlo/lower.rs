@@ -2,7 +2,7 @@
 //! aliasing, metadata, Neuron I/O names); per-op emission lives with each op in `ir::ops`.
 
 use crate::ir::emit::{shape_proto, ModuleEmitter};
-use crate::ir::{verify, Graph, Op, Type, VerifyErrors};
+use crate::ir::{verify, AliasKind, Graph, Op, Type, VerifyErrors};
 use xla_proto::{
     hlo_input_output_alias_proto::AliasEntryProto, FrontendAttributes, HloInputOutputAliasProto,
     HloModuleProto, Kind, OpMetadata, ProgramShapeProto,
@@ -115,7 +115,10 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
                 output_shape_index: vec![a.output as i64],
                 parameter_number: a.parameter,
                 parameter_shape_index: vec![],
-                kind: Kind::MayAlias as i32,
+                kind: match a.kind {
+                    AliasKind::May => Kind::MayAlias,
+                    AliasKind::Must => Kind::MustAlias,
+                } as i32,
             })
             .collect(),
     });

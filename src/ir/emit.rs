@@ -196,7 +196,22 @@ impl CompEmitter<'_> {
 
 /// Builds the scalar computation `(T[], T[]) -> T[]` applying `opcode`; cached per (op, dtype).
 pub fn binary_scalar_computation(m: &mut ModuleEmitter, opcode: &'static str, dtype: DType) -> i64 {
-    let key = format!("{}_{}", opcode.replace('-', "_"), dtype);
+    scalar_computation(m, "", opcode, dtype)
+}
+
+/// The reducer of a collective: like [`binary_scalar_computation`] but never shared with a
+/// `reduce` or `scatter` (`collective_add_f32`), as AWS's nkipy keeps them apart.
+pub fn collective_reducer(m: &mut ModuleEmitter, opcode: &'static str, dtype: DType) -> i64 {
+    scalar_computation(m, "collective_", opcode, dtype)
+}
+
+fn scalar_computation(
+    m: &mut ModuleEmitter,
+    prefix: &str,
+    opcode: &'static str,
+    dtype: DType,
+) -> i64 {
+    let key = format!("{prefix}{}_{}", opcode.replace('-', "_"), dtype);
     m.subcomputation(&key, |c| {
         let t = Type::Array(ArrayType::scalar(dtype));
         let lhs = c.parameter(0, "lhs", &t);
@@ -210,6 +225,9 @@ pub fn shape_proto_of_array(a: &ArrayType) -> ShapeProto {
     ShapeProto {
         element_type: a.dtype.primitive_type() as i32,
         dimensions: a.dims.clone(),
+        // Static shapes, said explicitly: XLA warns about an empty list ("Malformed shape
+        // proto") and AWS's nkipy writes one entry per dim.
+        is_dynamic_dimension: vec![false; a.rank()],
         layout: Some(LayoutProto {
             minor_to_major: (0..a.rank() as i64).rev().collect(),
         }),

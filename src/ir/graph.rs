@@ -59,6 +59,18 @@ pub struct Node {
 pub struct Alias {
     pub output: usize,
     pub parameter: i64,
+    pub kind: AliasKind,
+}
+
+/// XLA's alias kinds (`HloInputOutputAliasConfig::AliasKind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AliasKind {
+    /// The compiler may reuse the parameter's buffer for the output, or may not.
+    #[default]
+    May,
+    /// The output must live in the parameter's buffer: the caller donates the input, and the
+    /// state is updated in place (what every AWS writer that keeps state emits).
+    Must,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -11,6 +11,9 @@ use crate::dsl::{DType, DotDims, OpError, ReduceKind, ReplicaGroups, Tensor};
 pub struct TensorParallel {
     pub degree: i64,
     pub linear: LinearForm,
+    /// Low-precision matmuls produce f32 and round once after the bias (otherwise their
+    /// result keeps the operands' dtype).
+    pub f32_result: bool,
 }
 
 /// Operand order and weight layout of a projection `y = x · wᵀ` (`w` is HF's `[out, in]`).
@@ -41,11 +44,16 @@ impl TensorParallel {
         TensorParallel {
             degree,
             linear: LinearForm::default(),
+            f32_result: true,
         }
     }
 
     pub fn with_linear(self, linear: LinearForm) -> Self {
         TensorParallel { linear, ..self }
+    }
+
+    pub fn with_f32_result(self, f32_result: bool) -> Self {
+        TensorParallel { f32_result, ..self }
     }
 
     pub fn groups(&self) -> ReplicaGroups {
@@ -68,20 +76,24 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, OpError> {
 /// [`linear`] in the given operand order; both orders compute the same values.
 #[track_caller]
 pub fn linear_as(x: &Tensor, weight: &Tensor, form: LinearForm) -> Result<Tensor, OpError> {
-    linear_with_bias(x, weight, None, form)
+    linear_with_bias(x, weight, None, form, true)
 }
 
-/// `x · wᵀ + bias`. With low-precision inputs the bias is added to the f32 accumulation, so
-/// the result is rounded once (as PyTorch's CPU `addmm` does).
+/// `x · wᵀ + bias`. With low-precision inputs and `f32_result`, the dot produces f32 and the
+/// bias is added to that accumulation, so the result is rounded once (as PyTorch's CPU
+/// `addmm` does); without it, the dot's result keeps the operands' dtype (the form AWS's
+/// writers emit: Neuron accumulates in fp32 and rounds once either way) and the bias is
+/// added in that dtype.
 #[track_caller]
 pub fn linear_with_bias(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     form: LinearForm,
+    f32_result: bool,
 ) -> Result<Tensor, OpError> {
     let r = x.rank() as i64;
-    let low_precision = matches!(x.dtype(), DType::BF16 | DType::F16);
+    let low_precision = f32_result && matches!(x.dtype(), DType::BF16 | DType::F16);
     let (lhs, rhs, dims) = match form {
         LinearForm::ActivationFirst => (
             x,
@@ -148,7 +160,7 @@ pub fn column_parallel_linear(
     gather_output: bool,
     tp: &TensorParallel,
 ) -> Result<Tensor, OpError> {
-    let y = linear_with_bias(x, weight_shard, bias_shard, tp.linear)?;
+    let y = linear_with_bias(x, weight_shard, bias_shard, tp.linear, tp.f32_result)?;
     if gather_output && tp.is_parallel() {
         y.all_gather(-1, &tp.groups())
     } else {
@@ -166,7 +178,7 @@ pub fn row_parallel_linear(
     bias: Option<&Tensor>,
     tp: &TensorParallel,
 ) -> Result<Tensor, OpError> {
-    let partial = linear_as(x_shard, weight_shard, tp.linear)?;
+    let partial = linear_with_bias(x_shard, weight_shard, None, tp.linear, tp.f32_result)?;
     let y = if tp.is_parallel() {
         partial.all_reduce(ReduceKind::Sum, &tp.groups())?
     } else {

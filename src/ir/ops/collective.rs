@@ -3,7 +3,7 @@
 //! the newer `collective_device_list` (87) and turn a sub-group collective into a global one.
 
 use super::{array, check_dim, expect_arity, OpRule, ReduceKind};
-use crate::ir::emit::{binary_scalar_computation, CompEmitter};
+use crate::ir::emit::{collective_reducer, CompEmitter};
 use crate::ir::error::ShapeError;
 use crate::ir::types::Type;
 use xla_proto::ReplicaGroup;
@@ -71,7 +71,7 @@ impl OpRule for AllReduce {
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
         let dtype = ty.as_array().expect("all-reduce result is an array").dtype;
-        let comp = binary_scalar_computation(cx.module(), self.kind.opcode(), dtype);
+        let comp = collective_reducer(cx.module(), self.kind.opcode(), dtype);
         cx.emit("all-reduce", ty, operands, |i| {
             i.replica_groups = self.groups.to_proto();
             i.called_computation_ids = vec![comp];
@@ -140,7 +140,7 @@ impl OpRule for ReduceScatter {
             .as_array()
             .expect("reduce-scatter result is an array")
             .dtype;
-        let comp = binary_scalar_computation(cx.module(), self.kind.opcode(), dtype);
+        let comp = collective_reducer(cx.module(), self.kind.opcode(), dtype);
         cx.emit("reduce-scatter", ty, operands, |i| {
             i.replica_groups = self.groups.to_proto();
             i.dimensions = vec![self.dim];

@@ -178,6 +178,9 @@ impl OpRule for CustomCall {
             i.custom_call_target = self.target.clone();
             i.backend_config = self.backend_config.clone();
             i.custom_call_has_side_effect = self.has_side_effect;
+            // torch-neuronx leaves its AwsNeuron* calls' version unspecified, but XLA's proto
+            // reader rejects that ("Unknown custom-call API version enum value: 0"), so the
+            // original API, which is what XLA reads an unset version as elsewhere.
             i.custom_call_api_version = xla_proto::CustomCallApiVersion::ApiVersionOriginal as i32;
         })
     }

@@ -11,7 +11,7 @@
 //! writes the slot's old contents back; its outputs are then unspecified.
 
 use super::recorder::Recorder;
-use super::spec::{CacheWrite, GraphKind};
+use super::spec::{CacheWrite, GqaDot, GraphKind};
 use super::Inputs;
 use crate::dsl::nn::{apply_rotary, softmax_f32};
 use crate::dsl::{DType, DotDims, GatherDims, OpError, ScatterCombiner, ScatterDims, Tensor};
@@ -107,6 +107,28 @@ pub fn write_cache(
             }
             Ok(updated)
         }
+        (GraphKind::TokenGeneration, CacheWrite::ElementScatter) => {
+            // torch.scatter(cache, dim=2, index=position, src=new) as torch-xla lowers it for
+            // NxD: an index per element, `(row, head, position, d)`, the row being seq_ids[b].
+            let d = new.dims().to_vec();
+            let column = |t: Tensor| t.reshape(&[d[0], d[1], d[2], d[3], 1]);
+            let row = column(seq_ids.broadcast_in_dim(&d, &[0])?)?;
+            let head = column(b.iota(DType::S32, &d, 1)?)?;
+            let position = column(pos.broadcast_in_dim(&d, &[0, 2])?)?;
+            let lane = column(b.iota(DType::S32, &d, 3)?)?;
+            let indices = Tensor::concat(&[&row, &head, &position, &lane], 4)?;
+            cache.scatter(
+                &indices,
+                new,
+                ScatterDims {
+                    update_window_dims: vec![],
+                    inserted_window_dims: vec![0, 1, 2, 3],
+                    scatter_dims_to_operand_dims: vec![0, 1, 2, 3],
+                    index_vector_dim: 4,
+                },
+                ScatterCombiner::Assign,
+            )
+        }
         (GraphKind::TokenGeneration, CacheWrite::Scatter) => {
             let (bsz, s) = (cx.spec.batch, cx.spec.seq_len);
             let rows = seq_ids.reshape(&[bsz, 1, 1])?.broadcast_to(&[bsz, s, 1])?;
@@ -144,9 +166,10 @@ pub fn read_rows(cx: &Recorder<'_>, cache: &Tensor, seq_ids: &Tensor) -> Result<
     )
 }
 
-/// GQA attention that never materialises repeated KV heads: queries `[B, q_r, S, hd]` are
-/// viewed as `[B, kv_r, g, S, hd]` and batched against `[B, kv_r, T, hd]` keys. Returns the
-/// context `[B, S, q_r·hd]`.
+/// GQA attention that never materialises repeated KV heads: the `g` queries sharing a KV
+/// head are batched against its `[B, kv_r, T, hd]` keys, viewed `[B, kv_r, g, S, hd]`
+/// ([`GqaDot::Grouped`]) or `[B, kv_r, g·S, hd]` ([`GqaDot::Merged`]). Returns the context
+/// `[B, S, q_r·hd]`.
 pub fn attend(
     cx: &Recorder<'_>,
     q: &Tensor,
@@ -163,23 +186,40 @@ pub fn attend(
         plan.local_group(),
         plan.head_dim,
     );
-    let q5 = q.reshape(&[bsz, kv_r, g, s, hd])?;
-    let batch = DotDims {
-        lhs_batch: vec![0, 1],
-        rhs_batch: vec![0, 1],
-        lhs_contracting: vec![4],
-        rhs_contracting: vec![3],
-    };
-    let scores = q5.dot_general(k, batch)?.convert(DType::F32)?;
-    let scores = scores.mul_scalar(scale)?;
+    let t = k.dim(2);
+    // The dims of the query side: [g, S] or [g·S].
+    let merged = cx.spec.options.gqa_dot == GqaDot::Merged;
+    let free: Vec<i64> = if merged { vec![g * s] } else { vec![g, s] };
+    let last = 2 + free.len() as i64; // the head_dim of the query view
+    let mut q_dims = vec![bsz, kv_r];
+    q_dims.extend(&free);
+    q_dims.push(hd);
+    let scores = q
+        .reshape(&q_dims)?
+        .dot_general(
+            k,
+            DotDims {
+                lhs_batch: vec![0, 1],
+                rhs_batch: vec![0, 1],
+                lhs_contracting: vec![last],
+                rhs_contracting: vec![3],
+            },
+        )?
+        .convert(DType::F32)?
+        .mul_scalar(scale)?;
+    // Mask and softmax over [B, kv_r, g, S, T] (a free view of the merged scores).
+    let scores = scores.reshape(&[bsz, kv_r, g, s, t])?;
     let masked = allowed.select(&scores, &scores.scalar_like(f32::MIN as f64)?)?;
     let probs = softmax_f32(&masked)?.convert(cx.spec.dtype)?;
-    let out = probs.dot_general(
+    let mut p_dims = vec![bsz, kv_r];
+    p_dims.extend(&free);
+    p_dims.push(t);
+    let out = probs.reshape(&p_dims)?.dot_general(
         v,
         DotDims {
             lhs_batch: vec![0, 1],
             rhs_batch: vec![0, 1],
-            lhs_contracting: vec![4],
+            lhs_contracting: vec![last],
             rhs_contracting: vec![2],
         },
     )?;

@@ -19,8 +19,8 @@ pub use attention::KvCache;
 pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
 pub use spec::{
-    CacheWrite, Fusion, GraphKind, GraphOptions, GraphSpec, LinearForm, NormImpl, SamplerKernels,
-    Sampling,
+    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphKind, GraphOptions, GraphSpec,
+    LinearForm, NormImpl, SamplerKernels, Sampling,
 };
 
 use crate::dsl::{DType, OpError, Tensor};

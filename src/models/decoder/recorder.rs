@@ -4,7 +4,7 @@
 //! and shard rules; the resulting [`RecordedGraph`] carries those declarations to the
 //! sharder, the manifest and the runner.
 
-use super::spec::GraphSpec;
+use super::spec::{DotResult, GraphSpec};
 use crate::dsl::{ArrayType, DType, Graph, GraphBuilder, OpError, Tensor};
 use crate::ir::VerifyErrors;
 use crate::manifest::{InputRole, OutputRole};
@@ -81,7 +81,9 @@ impl<'a> Recorder<'a> {
             b: GraphBuilder::new(spec.name()),
             spec,
             plan,
-            tp: TensorParallel::new(plan.tp).with_linear(spec.options.linear),
+            tp: TensorParallel::new(plan.tp)
+                .with_linear(spec.options.linear)
+                .with_f32_result(spec.options.dot_result == DotResult::F32),
             inputs: Vec::new(),
             weights: Vec::new(),
         }
@@ -161,7 +163,8 @@ impl<'a> Recorder<'a> {
         aliases: Vec<(usize, Tensor)>,
     ) -> Result<RecordedGraph, BuildError> {
         for (output, param) in &aliases {
-            self.b.alias_output(*output, param)?;
+            self.b
+                .alias_output_as(*output, param, self.spec.options.kv_alias)?;
         }
         let refs: Vec<&Tensor> = outputs.iter().map(|(t, _, _)| t).collect();
         let graph = self.b.finish(&refs).map_err(BuildError::Verify)?;

@@ -1,5 +1,6 @@
 //! What to record: the graph kinds, one graph's spec, and the experiment knobs.
 
+pub use crate::ir::AliasKind;
 use crate::ir::DType;
 pub use crate::manifest::GraphKind;
 pub use crate::parallel::LinearForm;
@@ -31,8 +32,13 @@ pub enum SamplerKernels {
 /// How decode writes the new K/V rows into the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheWrite {
-    /// `scatter` at `position_ids` (what NxD emits).
+    /// One windowed `scatter` of `[kv, hd]` rows at `(seq_ids[b], position_ids[b])`
+    /// (`update_window_dims={2,3}`). Compact, but no AWS writer emits this exact form.
     Scatter,
+    /// The scatter NxD's KV-cache manager gets from torch-xla for `torch.scatter(dim=2)`: one
+    /// index per element (`(seq_ids[b], head, position_ids[b], d)`, `update_window_dims={}`,
+    /// `index_vector_dim=4`), overwriting. The Neuron presets' form.
+    ElementScatter,
     /// One in-place `dynamic-update-slice` per sequence, at `[b, 0, position_ids[b,0], 0]`.
     /// Unlike scatter, an out-of-range position is clamped to the last row rather than
     /// dropped. XLA:CPU updates the cache in place this way, where its scatter lowering
@@ -46,6 +52,29 @@ pub enum NormImpl {
     Primitives,
     /// Neuron's `AwsNeuronRmsNorm` custom call (Neuron only: the CPU plugin cannot run it).
     NeuronCustomCall,
+}
+
+/// The result type of the matmuls of bf16 (or f16) graphs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DotResult {
+    /// `f32 dot(bf16, bf16)` then one convert: what JAX emits and XLA:CPU runs fast.
+    #[default]
+    F32,
+    /// The operands' dtype, as every AWS writer emits (Neuron's matmul engine accumulates in
+    /// fp32 either way, so the value is the same: one rounding of the f32 sum).
+    OperandType,
+}
+
+/// How grouped-query attention lays out its two matmuls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GqaDot {
+    /// Queries viewed `[B, kv, g, S, hd]` against keys `[B, kv, T, hd]`: two free dims on the
+    /// left operand.
+    #[default]
+    Grouped,
+    /// Queries viewed `[B, kv, g·S, hd]` (the group and position dims are adjacent, so the
+    /// reshape is free): one free dim per operand, as AWS writers' dots have.
+    Merged,
 }
 
 /// Whether a projection the checkpoint may store fused (Q|K|V, gate|up) is one weight in the
@@ -91,6 +120,11 @@ pub struct GraphOptions {
     pub rms_norm: NormImpl,
     /// Operand order of the projection matmuls.
     pub linear: LinearForm,
+    /// The KV state's `input_output_alias` kind.
+    pub kv_alias: AliasKind,
+    /// Result type of low-precision matmuls.
+    pub dot_result: DotResult,
+    pub gqa_dot: GqaDot,
 }
 
 impl GraphOptions {
@@ -102,6 +136,9 @@ impl GraphOptions {
         GraphOptions {
             decode_cache_write: CacheWrite::DynamicUpdateSlice,
             linear: LinearForm::InputMajor,
+            kv_alias: AliasKind::May,
+            dot_result: DotResult::F32,
+            gqa_dot: GqaDot::Grouped,
             ..GraphOptions::default()
         }
     }
@@ -124,18 +161,24 @@ impl GraphOptions {
     }
 }
 
+/// The portable preset: the forms AWS's writers emit (must-alias state, operand-type bf16
+/// dots, one free dim per side in attention, NxD's element-wise cache scatter), from
+/// primitives only, so it runs on CPU too.
 impl Default for GraphOptions {
     fn default() -> Self {
         GraphOptions {
             qkv: Fusion::Checkpoint,
             gate_up: Fusion::Checkpoint,
-            decode_cache_write: CacheWrite::Scatter,
+            decode_cache_write: CacheWrite::ElementScatter,
             sampling: Sampling::None,
             sampler_kernels: SamplerKernels::Primitives,
             max_top_k: 256,
             gather_logits: true,
             rms_norm: NormImpl::Primitives,
             linear: LinearForm::ActivationFirst,
+            kv_alias: AliasKind::Must,
+            dot_result: DotResult::OperandType,
+            gqa_dot: GqaDot::Merged,
         }
     }
 }
