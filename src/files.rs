@@ -46,6 +46,109 @@ pub fn commit(tmp: &Path, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes a set of files crash-safely and together: each goes to a temporary beside its
+/// target as soon as it is ready, a background thread flushes each to disk while the caller
+/// produces the next, and [`Stager::commit`] renames them all into place once every flush is
+/// done. The folder itself is not flushed: the caller's last write ([`write_atomic`], e.g. a
+/// manifest naming these files) flushes it once for all of them, and journaling file systems
+/// commit renames in order, so that last rename cannot outlive the ones before it.
+pub struct Stager {
+    staged: Vec<(PathBuf, PathBuf)>,
+    to_flush: Option<std::sync::mpsc::Sender<fs::File>>,
+    flusher: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Default for Stager {
+    fn default() -> Self {
+        Stager::new()
+    }
+}
+
+impl Stager {
+    pub fn new() -> Stager {
+        let (tx, rx) = std::sync::mpsc::channel::<fs::File>();
+        let flusher = std::thread::spawn(move || {
+            let mut result = Ok(());
+            for f in rx {
+                if let Err(e) = f.sync_all() {
+                    result = result.and(Err(e));
+                }
+            }
+            result
+        });
+        Stager {
+            staged: Vec::new(),
+            to_flush: Some(tx),
+            flusher: Some(flusher),
+        }
+    }
+
+    /// Writes `bytes` to a fresh temporary beside `path` and queues it to be flushed.
+    pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = temporary_path(path)?;
+        let written = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            Ok(f)
+        })();
+        match written {
+            Ok(f) => {
+                self.staged.push((tmp, path.to_path_buf()));
+                if let Some(tx) = &self.to_flush {
+                    // The flusher only stops when the sender is dropped.
+                    let _ = tx.send(f);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn wait_for_flushes(&mut self) -> io::Result<()> {
+        drop(self.to_flush.take());
+        match self.flusher.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the flushing thread panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every staged file is on disk, then renames each into place. On an error
+    /// (with the file it concerns) no temporary is left behind; files already renamed stay,
+    /// complete.
+    pub fn commit(mut self) -> Result<(), (PathBuf, io::Error)> {
+        let staged = std::mem::take(&mut self.staged);
+        let mut first_error = self.wait_for_flushes().err().map(|e| {
+            let dir = staged.first().and_then(|(_, p)| p.parent());
+            (dir.unwrap_or(Path::new(".")).to_path_buf(), e)
+        });
+        for (tmp, path) in staged {
+            if first_error.is_none() {
+                match fs::rename(&tmp, &path) {
+                    Ok(()) => continue,
+                    Err(e) => first_error = Some((path, e)),
+                }
+            }
+            let _ = fs::remove_file(&tmp);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Stager {
+    /// A stager dropped without [`Stager::commit`] removes its temporaries.
+    fn drop(&mut self) {
+        let _ = self.wait_for_flushes();
+        for (tmp, _) in self.staged.drain(..) {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+}
+
 /// Removes temporary files that an interrupted earlier run left in `dir`.
 pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;

@@ -96,11 +96,28 @@ impl GraphKind {
 }
 
 /// One graph of the set.
+/// How a token-generation graph's batch rows map to the KV state's rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeRows {
+    /// Row `b` reads and writes state row `seq_ids[b]`: any rows, in any order (the graph
+    /// gathers each row's cache prefix).
+    #[default]
+    Gathered,
+    /// Row `b` is state row `b` (the graph's batch is the state's rows): `seq_ids[b]` must be
+    /// `b` for an active row, or out of range for an idle one (nothing is written). The graph
+    /// attends over the state in place, without a gather.
+    InPlace,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GraphEntry {
     pub name: String,
     pub kind: GraphKind,
     pub batch: i64,
+    /// Which KV-state row each batch row reads and writes (token generation).
+    #[serde(default)]
+    pub decode_rows: DecodeRows,
     /// Context encoding: the prompt positions it holds (`0..bucket`). Token generation: the
     /// cache positions it attends to (`0..bucket`).
     pub bucket: i64,

@@ -448,6 +448,30 @@ fn options_are_deduplicated_checked_and_recorded() {
     assert_eq!(options["fused_qkv"], false);
     assert_eq!(options["linear"], "InputMajor");
     assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
+    // In-place decode rows are recorded on the token-generation graph, the contract a runtime
+    // follows (row b is state row b).
+    let tkg = m["graphs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["kind"] == "token_generation")
+        .expect("a tkg graph");
+    assert_eq!(tkg["decode_rows"], "in_place");
+    let r = run(&[
+        "--layers",
+        "1",
+        "--buckets",
+        "16",
+        "--decode-rows",
+        "sideways",
+        "--out",
+        o,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("--decode-rows") && err.lines().count() == 1,
+        "{err}"
+    );
     // trn3: lnc 2, like trn2.
     let r = run(&[
         "--layers",

@@ -84,6 +84,16 @@ impl CompileOptions {
     }
 }
 
+/// A process-wide launch counter. XLA's collectives key each rendezvous by (run id, devices, op
+/// id), and PJRT's CPU client takes the run id from `PJRT_ExecuteOptions.launch_id`, which is 0
+/// unless set: two launches in flight at once with the same device set would then share keys.
+fn next_launch_id() -> i32 {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    static NEXT: AtomicI32 = AtomicI32::new(1);
+    // Wraps after 2^31 launches, long after any earlier launch with that id has finished.
+    NEXT.fetch_add(1, Ordering::Relaxed).max(1)
+}
+
 /// One argument of one device's argument list for [`LoadedExecutable::execute`].
 #[derive(Debug)]
 pub enum Arg<'a> {
@@ -424,6 +434,8 @@ impl LoadedExecutable {
         let mut options: sys::PJRT_ExecuteOptions = new_args();
         options.non_donatable_input_indices = non_donatable.as_ptr();
         options.num_non_donatable_input_indices = non_donatable.len();
+        // XLA takes the run id of every rendezvous from `launch_id`; keep launches apart.
+        options.launch_id = next_launch_id();
 
         let mut exec_args: sys::PJRT_LoadedExecutable_Execute_Args = new_args();
         exec_args.executable = self.raw;

@@ -155,3 +155,46 @@ fn fewer_replicas_than_devices_use_the_first_devices() {
         "{err}"
     );
 }
+
+/// Two clients in one process run the same collective module at the same time, 400 launches
+/// each (every launch gets its own `launch_id`, XLA's rendezvous run id). Each sum must be its
+/// own client's.
+#[test]
+fn concurrent_clients_keep_their_collectives_apart() {
+    let module = all_reduce_module(&[64], &[]);
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let module = module.clone();
+            std::thread::spawn(move || {
+                let client = cpu_client(2);
+                let exe = client
+                    .compile(&module, &CompileOptions::replicas(2))
+                    .unwrap();
+                for k in 0..400 {
+                    let base = (t * 100_000 + k * 10) as f32;
+                    let inputs: Vec<Buffer> = (0..2)
+                        .map(|d| {
+                            client
+                                .buffer_from_slice(&[base + d as f32; 64], &[64], d)
+                                .unwrap()
+                        })
+                        .collect();
+                    let args: Vec<Vec<Arg>> = inputs.iter().map(|b| vec![Arg::Borrow(b)]).collect();
+                    let out = exe.execute(args).unwrap();
+                    for outs in &out {
+                        let got = outs[0].to_vec::<f32>().unwrap();
+                        assert!(
+                            got.iter().all(|&x| x == 2.0 * base + 1.0),
+                            "client {t} launch {k}: {:?}, want {}",
+                            &got[..4],
+                            2.0 * base + 1.0
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

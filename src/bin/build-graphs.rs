@@ -11,8 +11,8 @@ use phi3_neuron::build::set::{write_graphs, write_manifest, WriteOptions};
 use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphKind, GraphOptions, GraphSpec,
-    LinearForm, NormImpl, SamplerKernels, Sampling,
+    AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
+    GraphSpec, LinearForm, NormImpl, SamplerKernels, Sampling,
 };
 use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
@@ -112,6 +112,10 @@ struct Args {
     /// ([B, kv, g, S, hd]; the cpu preset's).
     #[arg(long)]
     gqa_dot: Option<String>,
+    /// Decode rows: gathered (row b reads state row seq_ids[b]; the neuron preset's) or
+    /// in-place (row b is state row b, no gather of the cache; the cpu preset's).
+    #[arg(long)]
+    decode_rows: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -225,6 +229,11 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
                 [GqaDot::Merged, GqaDot::Grouped][pick("gqa-dot", v, &["merged", "grouped"])?]
             }
             None => base.gqa_dot,
+        },
+        decode_rows: match &args.decode_rows {
+            Some(v) => [DecodeRows::Gathered, DecodeRows::InPlace]
+                [pick("decode-rows", v, &["gathered", "in-place"])?],
+            None => base.decode_rows,
         },
         sampling: [Sampling::None, Sampling::Greedy, Sampling::OnDevice]
             [pick("sampling", &args.sampling, &["none", "greedy", "on-device"])?],

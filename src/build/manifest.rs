@@ -3,7 +3,9 @@
 //! layout, the knobs, the compiler flags and the hash of each proto.
 
 use super::{BuiltGraph, SetError};
-use crate::manifest::{Buckets, GraphEntry, IoEntry, KvState, Manifest, ModelInfo, FORMAT};
+use crate::manifest::{
+    Buckets, DecodeRows, GraphEntry, IoEntry, KvState, Manifest, ModelInfo, FORMAT,
+};
 use crate::models::decoder::{
     DecoderModel, GraphKind, GraphOptions, GraphSpec, SamplerKernels, Sampling,
 };
@@ -91,6 +93,10 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
         name: s.name(),
         kind: s.kind,
         batch: s.batch,
+        decode_rows: match s.kind {
+            GraphKind::TokenGeneration => s.options.decode_rows,
+            GraphKind::ContextEncoding => DecodeRows::Gathered,
+        },
         bucket: s.bucket,
         active_tokens: s.seq_len,
         max_seq_len: s.max_seq_len,
@@ -134,6 +140,7 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "kv_alias": format!("{:?}", o.kv_alias),
         "dot_result": format!("{:?}", o.dot_result),
         "gqa_dot": format!("{:?}", o.gqa_dot),
+        "decode_rows": format!("{:?}", o.decode_rows),
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }

@@ -132,11 +132,12 @@ pub struct WriteOptions {
     pub jobs: Option<usize>,
 }
 
-/// Writes every graph of `specs` into `dir` (each file to a temporary file renamed into place
-/// as soon as its graph is built), after taking away the folder's old `manifest.json` and any
-/// temporaries an interrupted run left: a manifest must only ever describe the files beside
-/// it, so an interrupted run leaves none. Returns each graph's summary and file names; the
-/// caller writes the manifest last ([`write_manifest`]).
+/// Writes every graph of `specs` into `dir` (each file to a temporary as soon as its graph is
+/// built; all flushed together and renamed into place once every graph is done), after
+/// taking away the folder's old `manifest.json` and any temporaries an interrupted run left:
+/// a manifest must only ever describe the files beside it, so an interrupted run leaves none.
+/// Returns each graph's summary and file names; the caller writes the manifest last
+/// ([`write_manifest`], which flushes the folder once for every rename).
 pub fn write_graphs(
     model: &dyn DecoderModel,
     plan: &ShardPlan,
@@ -145,7 +146,7 @@ pub fn write_graphs(
     opts: WriteOptions,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<(BuiltGraph, Vec<String>)>, SetError> {
-    use crate::files::{remove_stale_temporaries, write_atomic};
+    use crate::files::{remove_stale_temporaries, Stager};
     let io = |path: std::path::PathBuf| move |error| SetError::Write { path, error };
     remove_stale_temporaries(dir).map_err(io(dir.to_path_buf()))?;
     let manifest = dir.join("manifest.json");
@@ -154,12 +155,20 @@ pub fn write_graphs(
         _ => {}
     }
     let tp = plan.tp;
+    // Each file goes to its temporary as soon as its graph is built and is flushed in the
+    // background while the next graphs build; all are renamed into place after the last
+    // graph, and the manifest's write flushes the folder.
+    let staged = Mutex::new(Stager::new());
     let write_files = |b: &BuiltGraph| -> Result<Vec<String>, SetError> {
         let name = b.recorded.spec.name();
         let mut files = Vec::new();
         let mut write = |file: String, bytes: &[u8]| -> Result<(), SetError> {
             let path = dir.join(&file);
-            write_atomic(&path, bytes).map_err(|error| SetError::Write { path, error })?;
+            staged
+                .lock()
+                .expect("no panics under the lock")
+                .stage(&path, bytes)
+                .map_err(|error| SetError::Write { path, error })?;
             files.push(file);
             Ok(())
         };
@@ -177,7 +186,14 @@ pub fn write_graphs(
         }
         Ok(files)
     };
-    build_all(model, plan, specs, opts.jobs, &write_files, progress)
+    let built = build_all(model, plan, specs, opts.jobs, &write_files, progress);
+    let staged = staged.into_inner().expect("no panics under the lock");
+    // On an error the stager is dropped, which removes its temporaries.
+    let built = built?;
+    staged
+        .commit()
+        .map_err(|(path, error)| SetError::Write { path, error })?;
+    Ok(built)
 }
 
 /// Writes `manifest` as `dir/manifest.json` (atomically).

@@ -20,33 +20,95 @@ pub struct PrintOptions {
 }
 
 pub fn element_type_name(t: i32) -> String {
-    match PrimitiveType::try_from(t) {
-        Ok(PrimitiveType::Tuple) => "tuple".into(),
-        Ok(p) => p.as_str_name().to_ascii_lowercase(),
-        Err(_) => format!("<type {t}>"),
+    match static_type_name(t) {
+        Some(n) => n.into(),
+        None => match PrimitiveType::try_from(t) {
+            Ok(p) => p.as_str_name().to_ascii_lowercase(),
+            Err(_) => format!("<type {t}>"),
+        },
+    }
+}
+
+/// The names of the element types graphs use, without allocating.
+fn static_type_name(t: i32) -> Option<&'static str> {
+    Some(match PrimitiveType::try_from(t).ok()? {
+        PrimitiveType::Tuple => "tuple",
+        PrimitiveType::Pred => "pred",
+        PrimitiveType::S8 => "s8",
+        PrimitiveType::S32 => "s32",
+        PrimitiveType::S64 => "s64",
+        PrimitiveType::U8 => "u8",
+        PrimitiveType::U32 => "u32",
+        PrimitiveType::U64 => "u64",
+        PrimitiveType::F16 => "f16",
+        PrimitiveType::Bf16 => "bf16",
+        PrimitiveType::F32 => "f32",
+        PrimitiveType::F64 => "f64",
+        _ => return None,
+    })
+}
+
+/// [`shape_text`], appended to `out`.
+fn write_shape(out: &mut String, s: &ShapeProto, with_layout: bool) {
+    if s.element_type == PrimitiveType::Tuple as i32 {
+        out.push('(');
+        for (k, t) in s.tuple_shapes.iter().enumerate() {
+            separator(out, k);
+            write_shape(out, t, with_layout);
+        }
+        out.push(')');
+        return;
+    }
+    match static_type_name(s.element_type) {
+        Some(n) => out.push_str(n),
+        None => out.push_str(&element_type_name(s.element_type)),
+    }
+    out.push('[');
+    for (k, d) in s.dimensions.iter().enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{d}");
+    }
+    out.push(']');
+    if with_layout && !s.dimensions.is_empty() {
+        out.push('{');
+        match &s.layout {
+            Some(l) if !l.minor_to_major.is_empty() => {
+                for (k, d) in l.minor_to_major.iter().enumerate() {
+                    if k > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{d}");
+                }
+            }
+            _ => {
+                for (k, d) in (0..s.dimensions.len()).rev().enumerate() {
+                    if k > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{d}");
+                }
+            }
+        }
+        out.push('}');
+    }
+}
+
+/// The `", "` (with XLA's `/*index=N*/` before every fifth element) ahead of element `k`.
+fn separator(out: &mut String, k: usize) {
+    if k > 0 {
+        out.push_str(", ");
+        if k % 5 == 0 {
+            let _ = write!(out, "/*index={k}*/");
+        }
     }
 }
 
 /// `f32[2,3]{1,0}` (with layout) or `f32[2,3]` (without); tuples as `(a, b)`.
 pub fn shape_text(s: &ShapeProto, with_layout: bool) -> String {
-    if s.element_type == PrimitiveType::Tuple as i32 {
-        let parts: Vec<String> = s
-            .tuple_shapes
-            .iter()
-            .map(|t| shape_text(t, with_layout))
-            .collect();
-        return format!("({})", join_indexed(&parts));
-    }
-    let dims: Vec<String> = s.dimensions.iter().map(|d| d.to_string()).collect();
-    let mut out = format!("{}[{}]", element_type_name(s.element_type), dims.join(","));
-    if with_layout && !s.dimensions.is_empty() {
-        let m2m: Vec<i64> = match &s.layout {
-            Some(l) if !l.minor_to_major.is_empty() => l.minor_to_major.clone(),
-            _ => (0..s.dimensions.len() as i64).rev().collect(),
-        };
-        let m2m: Vec<String> = m2m.iter().map(|d| d.to_string()).collect();
-        let _ = write!(out, "{{{}}}", m2m.join(","));
-    }
+    let mut out = String::new();
+    write_shape(&mut out, s, with_layout);
     out
 }
 
@@ -56,20 +118,30 @@ pub fn shape_text(s: &ShapeProto, with_layout: bool) -> String {
 fn join_indexed(parts: &[String]) -> String {
     let mut out = String::new();
     for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-            if i % 5 == 0 {
-                let _ = write!(out, "/*index={i}*/");
-            }
-        }
+        separator(&mut out, i);
         out.push_str(p);
     }
     out
 }
 
-fn list(v: &[i64]) -> String {
-    let parts: Vec<String> = v.iter().map(|d| d.to_string()).collect();
-    format!("{{{}}}", parts.join(","))
+/// `{1,2,3}`, displayed without allocating.
+struct List<'a>(&'a [i64]);
+
+impl std::fmt::Display for List<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{")?;
+        for (k, d) in self.0.iter().enumerate() {
+            if k > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{d}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+fn list(v: &[i64]) -> List<'_> {
+    List(v)
 }
 
 /// C's `%.{p}g`, which XLA's `RoundTripFpToString` uses.
@@ -239,17 +311,27 @@ fn dense_text(
     }
 }
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// `s` with `"`, `\` and newlines escaped, displayed without allocating.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(['"', '\\', '\n']) {
+            f.write_str(&rest[..at])?;
+            f.write_str(match rest.as_bytes()[at] {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
         }
+        f.write_str(rest)
     }
-    out
+}
+
+fn escape(s: &str) -> Escaped<'_> {
+    Escaped(s)
 }
 
 /// XLA's `LexesAsJsonDict`, approximated: the text is one `{...}` with balanced braces outside
@@ -286,36 +368,44 @@ fn lexes_as_json_dict(s: &str) -> bool {
     false
 }
 
+/// `, key=value`, appended.
+macro_rules! attr {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(", ");
+        let _ = write!($out, $($arg)*);
+    }};
+}
+
 fn replica_groups(i: &HloInstructionProto) -> String {
     let groups: Vec<String> = i
         .replica_groups
         .iter()
-        .map(|g| list(&g.replica_ids))
+        .map(|g| list(&g.replica_ids).to_string())
         .collect();
     format!("replica_groups={{{}}}", groups.join(","))
 }
 
 /// Opcode-specific attributes, in the order XLA prints them.
-fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) -> Vec<String> {
-    let mut a = Vec::new();
-    let collective_prefix = |a: &mut Vec<String>| {
+fn extra_attributes(a: &mut String, i: &HloInstructionProto, comp_names: &HashMap<i64, &str>) {
+    let collective_prefix = |a: &mut String| {
         if i.channel_id > 0 {
-            a.push(format!("channel_id={}", i.channel_id));
+            attr!(a, "channel_id={}", i.channel_id);
         }
-        a.push(replica_groups(i));
+        attr!(a, "{}", replica_groups(i));
     };
     match i.opcode.as_str() {
-        "iota" => a.push(format!(
+        "iota" => attr!(
+            a,
             "iota_dimension={}",
             i.dimensions.first().copied().unwrap_or(0)
-        )),
+        ),
         "transpose" | "broadcast" | "reduce" | "concatenate" | "reverse" => {
-            a.push(format!("dimensions={}", list(&i.dimensions)))
+            attr!(a, "dimensions={}", list(&i.dimensions))
         }
         "sort" => {
-            a.push(format!("dimensions={}", list(&i.dimensions)));
+            attr!(a, "dimensions={}", list(&i.dimensions));
             if i.is_stable {
-                a.push("is_stable=true".into());
+                attr!(a, "is_stable=true");
             }
         }
         "slice" => {
@@ -330,12 +420,9 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
                     }
                 })
                 .collect();
-            a.push(format!("slice={{{}}}", parts.join(", ")));
+            attr!(a, "slice={{{}}}", parts.join(", "));
         }
-        "dynamic-slice" => a.push(format!(
-            "dynamic_slice_sizes={}",
-            list(&i.dynamic_slice_sizes)
-        )),
+        "dynamic-slice" => attr!(a, "dynamic_slice_sizes={}", list(&i.dynamic_slice_sizes)),
         "pad" => {
             if let Some(p) = &i.padding_config {
                 // Like XLA's `PaddingConfigToString`: the interior padding of every dim is
@@ -352,7 +439,7 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
                         s
                     })
                     .collect();
-                a.push(format!("padding={}", dims.join("x")));
+                attr!(a, "padding={}", dims.join("x"));
             }
         }
         "dot" => {
@@ -364,87 +451,80 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
                     ("rhs_contracting_dims", &d.rhs_contracting_dimensions),
                 ] {
                     if !v.is_empty() {
-                        a.push(format!("{name}={}", list(v)));
+                        attr!(a, "{name}={}", list(v));
                     }
                 }
             }
         }
         "gather" => {
             if let Some(d) = &i.gather_dimension_numbers {
-                a.push(format!("offset_dims={}", list(&d.offset_dims)));
-                a.push(format!(
-                    "collapsed_slice_dims={}",
-                    list(&d.collapsed_slice_dims)
-                ));
-                a.push(format!("start_index_map={}", list(&d.start_index_map)));
-                a.push(format!("index_vector_dim={}", d.index_vector_dim));
+                attr!(a, "offset_dims={}", list(&d.offset_dims));
+                attr!(a, "collapsed_slice_dims={}", list(&d.collapsed_slice_dims));
+                attr!(a, "start_index_map={}", list(&d.start_index_map));
+                attr!(a, "index_vector_dim={}", d.index_vector_dim);
             }
-            a.push(format!("slice_sizes={}", list(&i.gather_slice_sizes)));
+            attr!(a, "slice_sizes={}", list(&i.gather_slice_sizes));
             if i.indices_are_sorted {
-                a.push("indices_are_sorted=true".into());
+                attr!(a, "indices_are_sorted=true");
             }
         }
         "scatter" => {
             if let Some(d) = &i.scatter_dimension_numbers {
-                a.push(format!(
-                    "update_window_dims={}",
-                    list(&d.update_window_dims)
-                ));
-                a.push(format!(
-                    "inserted_window_dims={}",
-                    list(&d.inserted_window_dims)
-                ));
-                a.push(format!(
+                attr!(a, "update_window_dims={}", list(&d.update_window_dims));
+                attr!(a, "inserted_window_dims={}", list(&d.inserted_window_dims));
+                attr!(
+                    a,
                     "scatter_dims_to_operand_dims={}",
                     list(&d.scatter_dims_to_operand_dims)
-                ));
-                a.push(format!("index_vector_dim={}", d.index_vector_dim));
+                );
+                attr!(a, "index_vector_dim={}", d.index_vector_dim);
             }
             if i.indices_are_sorted {
-                a.push("indices_are_sorted=true".into());
+                attr!(a, "indices_are_sorted=true");
             }
             if i.unique_indices {
-                a.push("unique_indices=true".into());
+                attr!(a, "unique_indices=true");
             }
         }
         "compare" => {
-            a.push(format!("direction={}", i.comparison_direction));
+            attr!(a, "direction={}", i.comparison_direction);
             if !i.comparison_type.is_empty() {
-                a.push(format!("type={}", i.comparison_type));
+                attr!(a, "type={}", i.comparison_type);
             }
         }
-        "get-tuple-element" => a.push(format!("index={}", i.tuple_index)),
+        "get-tuple-element" => attr!(a, "index={}", i.tuple_index),
         "all-reduce" => {
-            collective_prefix(&mut a);
+            collective_prefix(a);
             if i.use_global_device_ids {
-                a.push("use_global_device_ids=true".into());
+                attr!(a, "use_global_device_ids=true");
             }
         }
         "all-gather" | "reduce-scatter" => {
-            collective_prefix(&mut a);
-            a.push(format!("dimensions={}", list(&i.dimensions)));
+            collective_prefix(a);
+            attr!(a, "dimensions={}", list(&i.dimensions));
             if i.use_global_device_ids {
-                a.push("use_global_device_ids=true".into());
+                attr!(a, "use_global_device_ids=true");
             }
         }
         "custom-call" => {
-            a.push(format!(
+            attr!(
+                a,
                 "custom_call_target=\"{}\"",
                 escape(&i.custom_call_target)
-            ));
+            );
             if i.custom_call_has_side_effect {
-                a.push("custom_call_has_side_effect=true".into());
+                attr!(a, "custom_call_has_side_effect=true");
             }
             let v = i.custom_call_api_version;
             if v != xla_proto::CustomCallApiVersion::ApiVersionOriginal as i32 && v != 0 {
                 if let Ok(api) = xla_proto::CustomCallApiVersion::try_from(v) {
-                    a.push(format!("api_version={}", api.as_str_name()));
+                    attr!(a, "api_version={}", api.as_str_name());
                 }
             }
         }
         "reduce-precision" => {
-            a.push(format!("exponent_bits={}", i.exponent_bits));
-            a.push(format!("mantissa_bits={}", i.mantissa_bits));
+            attr!(a, "exponent_bits={}", i.exponent_bits);
+            attr!(a, "mantissa_bits={}", i.mantissa_bits);
         }
         _ => {}
     }
@@ -452,14 +532,14 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
         let names: Vec<String> = i
             .called_computation_ids
             .iter()
-            .map(|c| format!("%{}", comp_names.get(c).map(String::as_str).unwrap_or("?")))
+            .map(|c| format!("%{}", comp_names.get(c).copied().unwrap_or("?")))
             .collect();
         let key = if matches!(i.opcode.as_str(), "call" | "custom-call" | "fusion") {
             "calls"
         } else {
             "to_apply"
         };
-        a.push(format!("{key}={}", names.join(", ")));
+        attr!(a, "{key}={}", names.join(", "));
     }
     if let Some(fa) = &i.frontend_attributes {
         if !fa.map.is_empty() {
@@ -468,72 +548,81 @@ fn extra_attributes(i: &HloInstructionProto, comp_names: &HashMap<i64, String>) 
                 .iter()
                 .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
                 .collect();
-            a.push(format!("frontend_attributes={{{}}}", kv.join(",")));
+            attr!(a, "frontend_attributes={{{}}}", kv.join(","));
         }
     }
     if let Some(m) = &i.metadata {
-        let mut parts = Vec::new();
-        if !m.op_type.is_empty() {
-            parts.push(format!("op_type=\"{}\"", escape(&m.op_type)));
-        }
-        if !m.op_name.is_empty() {
-            parts.push(format!("op_name=\"{}\"", escape(&m.op_name)));
-        }
-        if !m.source_file.is_empty() {
-            parts.push(format!("source_file=\"{}\"", escape(&m.source_file)));
-        }
-        if m.source_line != 0 {
-            parts.push(format!("source_line={}", m.source_line));
-        }
-        if !parts.is_empty() {
-            a.push(format!("metadata={{{}}}", parts.join(" ")));
+        let fields = !m.op_type.is_empty()
+            || !m.op_name.is_empty()
+            || !m.source_file.is_empty()
+            || m.source_line != 0;
+        if fields {
+            a.push_str(", metadata={");
+            let mut space = "";
+            if !m.op_type.is_empty() {
+                let _ = write!(a, "op_type=\"{}\"", escape(&m.op_type));
+                space = " ";
+            }
+            if !m.op_name.is_empty() {
+                let _ = write!(a, "{space}op_name=\"{}\"", escape(&m.op_name));
+                space = " ";
+            }
+            if !m.source_file.is_empty() {
+                let _ = write!(a, "{space}source_file=\"{}\"", escape(&m.source_file));
+                space = " ";
+            }
+            if m.source_line != 0 {
+                let _ = write!(a, "{space}source_line={}", m.source_line);
+            }
+            a.push('}');
         }
     }
     if !i.backend_config.is_empty() {
         let text = String::from_utf8_lossy(&i.backend_config);
         // XLA prints a config that lexes as a JSON dict as is, anything else quoted.
         if lexes_as_json_dict(&text) {
-            a.push(format!("backend_config={text}"));
+            attr!(a, "backend_config={text}");
         } else {
-            a.push(format!("backend_config=\"{}\"", escape(&text)));
+            attr!(a, "backend_config=\"{}\"", escape(&text));
         }
     }
-    a
 }
 
-fn instruction_text(
+fn write_instruction(
+    out: &mut String,
     i: &HloInstructionProto,
-    names: &HashMap<i64, String>,
-    comp_names: &HashMap<i64, String>,
+    names: &HashMap<i64, &str>,
+    comp_names: &HashMap<i64, &str>,
     is_root: bool,
-) -> String {
-    let shape = i
-        .shape
-        .as_ref()
-        .map(|s| shape_text(s, true))
-        .unwrap_or_default();
-    let args = match i.opcode.as_str() {
-        "parameter" => i.parameter_number.to_string(),
-        "constant" => i.literal.as_ref().map(literal_text).unwrap_or_default(),
-        _ => join_indexed(
-            &i.operand_ids
-                .iter()
-                .map(|o| format!("%{}", names.get(o).map(String::as_str).unwrap_or("?")))
-                .collect::<Vec<_>>(),
-        ),
-    };
-    let mut line = format!(
-        "  {}%{} = {} {}({})",
-        if is_root { "ROOT " } else { "" },
-        i.name,
-        shape,
-        i.opcode,
-        args
-    );
-    for attr in extra_attributes(i, comp_names) {
-        let _ = write!(line, ", {attr}");
+) {
+    out.push_str(if is_root { "  ROOT %" } else { "  %" });
+    out.push_str(&i.name);
+    out.push_str(" = ");
+    if let Some(sh) = &i.shape {
+        write_shape(out, sh, true);
     }
-    line
+    out.push(' ');
+    out.push_str(&i.opcode);
+    out.push('(');
+    match i.opcode.as_str() {
+        "parameter" => {
+            let _ = write!(out, "{}", i.parameter_number);
+        }
+        "constant" => {
+            if let Some(l) = &i.literal {
+                out.push_str(&literal_text(l));
+            }
+        }
+        _ => {
+            for (k, o) in i.operand_ids.iter().enumerate() {
+                separator(out, k);
+                out.push('%');
+                out.push_str(names.get(o).copied().unwrap_or("?"));
+            }
+        }
+    }
+    out.push(')');
+    extra_attributes(out, i, comp_names);
 }
 
 /// The order XLA prints a computation in (`HloComputation::MakeInstructionPostOrder`): a
@@ -631,15 +720,16 @@ fn computation_post_order(m: &HloModuleProto) -> Vec<&HloComputationProto> {
     order
 }
 
-fn computation_text(
+fn write_computation(
+    out: &mut String,
     c: &HloComputationProto,
-    comp_names: &HashMap<i64, String>,
+    comp_names: &HashMap<i64, &str>,
     is_entry: bool,
-) -> String {
-    let names: HashMap<i64, String> = c
+) {
+    let names: HashMap<i64, &str> = c
         .instructions
         .iter()
-        .map(|i| (i.id, i.name.clone()))
+        .map(|i| (i.id, i.name.as_str()))
         .collect();
     let mut params: Vec<&HloInstructionProto> = c
         .instructions
@@ -667,26 +757,26 @@ fn computation_text(
         .and_then(|i| i.shape.as_ref())
         .map(|s| shape_text(s, false))
         .unwrap_or_default();
-    let mut out = format!(
-        "{}%{} ({}) -> {} {{\n",
+    let _ = writeln!(
+        out,
+        "{}%{} ({}) -> {} {{",
         if is_entry { "ENTRY " } else { "" },
         c.name,
         sig.join(", "),
         result
     );
     for i in instruction_post_order(c) {
-        out.push_str(&instruction_text(i, &names, comp_names, i.id == c.root_id));
+        write_instruction(out, i, &names, comp_names, i.id == c.root_id);
         out.push('\n');
     }
     out.push('}');
-    out
 }
 
 pub fn print_module(m: &HloModuleProto, opts: &PrintOptions) -> String {
-    let comp_names: HashMap<i64, String> = m
+    let comp_names: HashMap<i64, &str> = m
         .computations
         .iter()
-        .map(|c| (c.id, c.name.clone()))
+        .map(|c| (c.id, c.name.as_str()))
         .collect();
     let mut header = format!("HloModule {}", m.name);
     if let Some(alias) = &m.input_output_alias {
@@ -737,14 +827,13 @@ pub fn print_module(m: &HloModuleProto, opts: &PrintOptions) -> String {
             let _ = write!(header, ", frontend_attributes={{{}}}", kv.join(","));
         }
     }
-    let mut out = header;
+    // About 240 bytes per instruction, so the text is built without reallocating.
+    let instructions: usize = m.computations.iter().map(|c| c.instructions.len()).sum();
+    let mut out = String::with_capacity(header.len() + 256 * instructions);
+    out.push_str(&header);
     out.push_str("\n\n");
     for c in computation_post_order(m) {
-        out.push_str(&computation_text(
-            c,
-            &comp_names,
-            c.id == m.entry_computation_id,
-        ));
+        write_computation(&mut out, c, &comp_names, c.id == m.entry_computation_id);
         out.push_str("\n\n");
     }
     out

@@ -15,7 +15,7 @@ pub use scheduler::{serve, Completion, FinishReason, Request, Sampling};
 
 use crate::files::{sha256_hex, write_atomic};
 use crate::ir::DType;
-use crate::manifest::{GraphEntry, GraphKind, InputRole, Manifest, OutputRole};
+use crate::manifest::{DecodeRows, GraphEntry, GraphKind, InputRole, Manifest, OutputRole};
 use crate::weights::{RankFile, RankWeights, WeightsError};
 use pjrt_runtime::{
     Arg, Buffer, Client, ClientOptions, CompileOptions, ElementType, HostBytes, LoadedExecutable,
@@ -202,7 +202,7 @@ pub struct DecodeRow {
 
 /// One row's result: the logits of its last position (full vocab) and, with an on-device
 /// sampler, its token.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RowOut {
     pub logits: Vec<f32>,
     pub next_token: Option<i32>,
@@ -523,8 +523,15 @@ impl Engine {
         }
         let tokens: Vec<i32> = rows.iter().map(|r| r.token).collect();
         self.check_ids(&tokens)?;
+        let mut seen = std::collections::BTreeSet::new();
         for r in rows {
             self.check_row(r.seq_id)?;
+            if !seen.insert(r.seq_id) {
+                return Err(RunError::Input(format!(
+                    "sequence row {} appears twice in one decode step",
+                    r.seq_id
+                )));
+            }
         }
         let furthest = rows.iter().map(|r| r.position).max().unwrap_or(0);
         let buckets = self.buckets(GraphKind::TokenGeneration);
@@ -548,7 +555,11 @@ impl Engine {
         }
         let invalid = self.max_batch_size() as i32;
         let mut call = Call::padded(batch, 1, invalid);
-        for (b, r) in rows.iter().enumerate() {
+        // In-place rows: each sequence sits at its state row (idle rows stay invalid).
+        let in_place = g.entry.decode_rows == DecodeRows::InPlace;
+        let slot = |i: usize, r: &DecodeRow| if in_place { r.seq_id } else { i };
+        for (i, r) in rows.iter().enumerate() {
+            let b = slot(i, r);
             call.ids[b] = r.token;
             call.pos[b] = r.position as i32;
             call.seq_ids[b] = r.seq_id as i32;
@@ -556,8 +567,15 @@ impl Engine {
         }
         self.executable(g)?;
         let start = Instant::now();
-        let mut out = self.run(g, call, state)?;
-        out.truncate(rows.len());
+        let mut all = self.run(g, call, state)?;
+        let out: Vec<RowOut> = if in_place {
+            rows.iter()
+                .map(|r| std::mem::take(&mut all[r.seq_id]))
+                .collect()
+        } else {
+            all.truncate(rows.len());
+            all
+        };
         let mut stats = self.stats.lock().expect("no panics under the lock");
         stats.decode_calls += 1;
         stats.decode_rows += rows.len();

@@ -11,7 +11,7 @@
 //! writes the slot's old contents back; its outputs are then unspecified.
 
 use super::recorder::Recorder;
-use super::spec::{CacheWrite, GqaDot, GraphKind};
+use super::spec::{CacheWrite, DecodeRows, GqaDot, GraphKind};
 use super::Inputs;
 use crate::dsl::nn::{apply_rotary, softmax_f32};
 use crate::dsl::{DType, DotDims, GatherDims, OpError, ScatterCombiner, ScatterDims, Tensor};
@@ -173,8 +173,7 @@ pub fn read_rows(cx: &Recorder<'_>, cache: &Tensor, seq_ids: &Tensor) -> Result<
 pub fn attend(
     cx: &Recorder<'_>,
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    (k, v): (&Tensor, &Tensor),
     allowed: &Tensor,
     scale: f64,
 ) -> Result<Tensor, OpError> {
@@ -188,41 +187,33 @@ pub fn attend(
     );
     let t = k.dim(2);
     // The dims of the query side: [g, S] or [g·S].
-    let merged = cx.spec.options.gqa_dot == GqaDot::Merged;
-    let free: Vec<i64> = if merged { vec![g * s] } else { vec![g, s] };
+    let free: Vec<i64> = match cx.spec.options.gqa_dot {
+        GqaDot::Merged => vec![g * s],
+        GqaDot::Grouped => vec![g, s],
+    };
     let last = 2 + free.len() as i64; // the head_dim of the query view
-    let mut q_dims = vec![bsz, kv_r];
-    q_dims.extend(&free);
-    q_dims.push(hd);
+    let view = |inner: i64| -> Vec<i64> {
+        let mut d = vec![bsz, kv_r];
+        d.extend(&free);
+        d.push(inner);
+        d
+    };
+    let batched = |lhs_contracting: i64, rhs_contracting: i64| DotDims {
+        lhs_batch: vec![0, 1],
+        rhs_batch: vec![0, 1],
+        lhs_contracting: vec![lhs_contracting],
+        rhs_contracting: vec![rhs_contracting],
+    };
     let scores = q
-        .reshape(&q_dims)?
-        .dot_general(
-            k,
-            DotDims {
-                lhs_batch: vec![0, 1],
-                rhs_batch: vec![0, 1],
-                lhs_contracting: vec![last],
-                rhs_contracting: vec![3],
-            },
-        )?
+        .reshape(&view(hd))?
+        .dot_general(k, batched(last, 3))?
         .convert(DType::F32)?
         .mul_scalar(scale)?;
     // Mask and softmax over [B, kv_r, g, S, T] (a free view of the merged scores).
     let scores = scores.reshape(&[bsz, kv_r, g, s, t])?;
     let masked = allowed.select(&scores, &scores.scalar_like(f32::MIN as f64)?)?;
     let probs = softmax_f32(&masked)?.convert(cx.spec.dtype)?;
-    let mut p_dims = vec![bsz, kv_r];
-    p_dims.extend(&free);
-    p_dims.push(t);
-    let out = probs.reshape(&p_dims)?.dot_general(
-        v,
-        DotDims {
-            lhs_batch: vec![0, 1],
-            rhs_batch: vec![0, 1],
-            lhs_contracting: vec![last],
-            rhs_contracting: vec![2],
-        },
-    )?;
+    let out = probs.reshape(&view(t))?.dot_general(v, batched(last, 2))?;
     out.reshape(&[bsz, q_r, s, hd])?
         .transpose(&[0, 2, 1, 3])?
         .reshape(&[bsz, s, q_r * hd])
@@ -257,11 +248,15 @@ pub fn cached_attention(
         value: write_cache(cx, &cache.value, v, inputs)?,
     };
     let ctx = match cx.spec.kind {
-        GraphKind::ContextEncoding => attend(cx, &q, &k, v, allowed, scale)?,
+        GraphKind::ContextEncoding => attend(cx, &q, (&k, v), allowed, scale)?,
         GraphKind::TokenGeneration => {
-            let keys = read_rows(cx, &new.key, &inputs.seq_ids)?;
-            let values = read_rows(cx, &new.value, &inputs.seq_ids)?;
-            attend(cx, &q, &keys, &values, allowed, scale)?
+            let rows = |cache: &Tensor| match cx.spec.options.decode_rows {
+                DecodeRows::Gathered => read_rows(cx, cache, &inputs.seq_ids),
+                // Row b is state row b: the bucket's prefix of the state itself.
+                DecodeRows::InPlace => cache.slice_dim(2, 0, cx.spec.bucket),
+            };
+            let (keys, values) = (rows(&new.key)?, rows(&new.value)?);
+            attend(cx, &q, (&keys, &values), allowed, scale)?
         }
     };
     Ok((ctx, new))

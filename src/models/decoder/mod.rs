@@ -19,8 +19,8 @@ pub use attention::KvCache;
 pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
 pub use spec::{
-    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphKind, GraphOptions, GraphSpec,
-    LinearForm, NormImpl, SamplerKernels, Sampling,
+    AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
+    GraphSpec, LinearForm, NormImpl, SamplerKernels, Sampling,
 };
 
 use crate::dsl::{DType, OpError, Tensor};
@@ -119,6 +119,15 @@ pub fn record_causal_lm<M: CausalLm>(
     if spec.batch > spec.cache_batch {
         return bad(format!(
             "batch {} is larger than the cache's {} rows (max batch size)",
+            spec.batch, spec.cache_batch
+        ));
+    }
+    if spec.kind == GraphKind::TokenGeneration
+        && spec.options.decode_rows == DecodeRows::InPlace
+        && spec.batch != spec.cache_batch
+    {
+        return bad(format!(
+            "in-place decode rows need the batch ({}) to be the cache's rows ({})",
             spec.batch, spec.cache_batch
         ));
     }

@@ -2,7 +2,7 @@
 
 pub use crate::ir::AliasKind;
 use crate::ir::DType;
-pub use crate::manifest::GraphKind;
+pub use crate::manifest::{DecodeRows, GraphKind};
 pub use crate::parallel::LinearForm;
 
 /// What the graph returns besides the logits.
@@ -125,12 +125,15 @@ pub struct GraphOptions {
     /// Result type of low-precision matmuls.
     pub dot_result: DotResult,
     pub gqa_dot: GqaDot,
+    /// Token generation: each batch row's state row, gathered by `seq_ids` or in place.
+    pub decode_rows: DecodeRows,
 }
 
 impl GraphOptions {
     /// What runs fastest on the PJRT CPU plugin: per-sequence dynamic-update-slice cache
-    /// writes and `[in, out]` weights multiplied as `x · W` (measured beside JAX in
-    /// BENCHMARKS.md and docs/decode-performance.md). The
+    /// writes, `[in, out]` weights multiplied as `x · W`, and decode rows that are the state's
+    /// rows (no gather of the cache; measured beside JAX in BENCHMARKS.md and
+    /// docs/decode-performance.md). The
     /// defaults stay NxD's forms for Neuron until neuronx-cc has compared them.
     pub fn cpu() -> Self {
         GraphOptions {
@@ -139,6 +142,7 @@ impl GraphOptions {
             kv_alias: AliasKind::May,
             dot_result: DotResult::F32,
             gqa_dot: GqaDot::Grouped,
+            decode_rows: DecodeRows::InPlace,
             ..GraphOptions::default()
         }
     }
@@ -179,6 +183,7 @@ impl Default for GraphOptions {
             kv_alias: AliasKind::Must,
             dot_result: DotResult::OperandType,
             gqa_dot: GqaDot::Merged,
+            decode_rows: DecodeRows::Gathered,
         }
     }
 }
