@@ -17,7 +17,8 @@
 use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphOptions, GraphSpec, LinearForm, Sampling,
+    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphOptions, GraphSpec, KvDtype, LinearForm,
+    Sampling,
 };
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
@@ -275,15 +276,30 @@ fn bf16_stays_close_to_hf() {
     }
 }
 
-/// bf16 with f32-result matmuls (one rounding after the bias), and the CPU preset.
+/// bf16 with f32-result matmuls (one rounding after the bias), with an f32 KV state, the
+/// CPU preset for bf16 (activation-first matmuls, f32 state) and the f32 CPU preset's
+/// `[in, out]` weights in bf16.
 #[test]
 fn bf16_f32_result_dots_stay_close_to_hf() {
     let f32_dots = GraphOptions {
         dot_result: DotResult::F32,
         ..GraphOptions::default()
     };
+    let f32_state = GraphOptions {
+        kv_dtype: KvDtype::F32,
+        ..GraphOptions::default()
+    };
     for f in FIXTURES {
         check(f, 2, DType::BF16, 0.03, 8, &f32_dots);
+        check(f, 2, DType::BF16, 0.03, 8, &f32_state);
+        check(
+            f,
+            2,
+            DType::BF16,
+            0.03,
+            8,
+            &GraphOptions::cpu_for(DType::BF16),
+        );
         check(f, 2, DType::BF16, 0.03, 8, &GraphOptions::cpu());
     }
 }

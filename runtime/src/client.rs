@@ -169,6 +169,41 @@ impl Client {
         })
     }
 
+    /// A client with at least `n` addressable devices. The CPU plugin is asked for exactly `n`
+    /// (`cpu_device_count`); a plugin that does not know that option (GPU plugins reject it as
+    /// an unexpected option name) is created without options and must have `n` devices of its
+    /// own. Errors are one line naming the plugin.
+    pub fn with_devices(plugin: &Plugin, n: usize) -> Result<Client> {
+        let path = plugin.path().display().to_string();
+        let in_context = |e: Error| match e {
+            Error::Pjrt { code, message } => Error::Pjrt {
+                code,
+                message: format!("{path}: {}", message.lines().next().unwrap_or("").trim()),
+            },
+            other => other,
+        };
+        let asked = ClientOptions {
+            cpu_device_count: Some(n as i64),
+        };
+        let client = match Client::new(plugin, &asked) {
+            Err(Error::Pjrt { message, .. })
+                if message.contains("cpu_device_count")
+                    && message.to_ascii_lowercase().contains("option") =>
+            {
+                Client::new(plugin, &ClientOptions::default()).map_err(in_context)?
+            }
+            other => other.map_err(in_context)?,
+        };
+        if client.device_count() < n {
+            return Err(Error::InvalidArgument(format!(
+                "{path} ({}) has {} addressable devices; {n} are needed",
+                client.platform_name(),
+                client.device_count()
+            )));
+        }
+        Ok(client)
+    }
+
     /// The plugin this client was created from.
     pub fn plugin(&self) -> Plugin {
         self.inner.plugin

@@ -12,7 +12,7 @@ use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
     AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, LinearForm, NormImpl, SamplerKernels, Sampling,
+    GraphSpec, KvDtype, LinearForm, NormImpl, SamplerKernels, Sampling,
 };
 use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
@@ -91,8 +91,9 @@ struct Args {
     #[arg(long)]
     linear: Option<String>,
     /// neuron (the forms AWS's writers emit, Neuron's sampler kernels), cpu (the forms the PJRT
-    /// CPU plugin runs fastest: dus, input-major, may-alias, f32 dots, grouped GQA) or portable
-    /// (the neuron forms from primitives only).
+    /// CPU plugin runs fastest: dus, may-alias, f32 dots, grouped GQA, in-place decode rows, and
+    /// input-major weights in f32 graphs or an f32 KV state in bf16 ones) or portable (the
+    /// neuron forms from primitives only).
     #[arg(long, default_value = "neuron")]
     preset: String,
     /// Decode cache write: element-scatter (NxD's torch.scatter form; the neuron preset's),
@@ -116,6 +117,10 @@ struct Args {
     /// in-place (row b is state row b, no gather of the cache; the cpu preset's).
     #[arg(long)]
     decode_rows: Option<String>,
+    /// KV-state element type: model (the graphs' dtype; the neuron preset's) or f32 (the cpu
+    /// preset's for bf16 graphs: XLA:CPU then converts no cache per step).
+    #[arg(long)]
+    kv_dtype: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -179,7 +184,7 @@ fn shell_words(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-fn graph_options(args: &Args) -> Result<GraphOptions, String> {
+fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
     let pick = |flag: &str, v: &str, options: &[&str]| -> Result<usize, String> {
         options
             .iter()
@@ -188,7 +193,7 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
     };
     let base = match args.preset.as_str() {
         "neuron" => GraphOptions::neuron(),
-        "cpu" => GraphOptions::cpu(),
+        "cpu" => GraphOptions::cpu_for(dtype),
         "portable" => GraphOptions::default(),
         other => {
             return Err(format!(
@@ -234,6 +239,10 @@ fn graph_options(args: &Args) -> Result<GraphOptions, String> {
             Some(v) => [DecodeRows::Gathered, DecodeRows::InPlace]
                 [pick("decode-rows", v, &["gathered", "in-place"])?],
             None => base.decode_rows,
+        },
+        kv_dtype: match &args.kv_dtype {
+            Some(v) => [KvDtype::Model, KvDtype::F32][pick("kv-dtype", v, &["model", "f32"])?],
+            None => base.kv_dtype,
         },
         sampling: [Sampling::None, Sampling::Greedy, Sampling::OnDevice]
             [pick("sampling", &args.sampling, &["none", "greedy", "on-device"])?],
@@ -376,7 +385,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
 
-    let options = graph_options(&args)?;
+    let options = graph_options(&args, dtype)?;
     // Find the compiler before building anything, so a missing one fails fast.
     let compiler = if args.compile {
         if !write_pb {

@@ -141,6 +141,7 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "dot_result": format!("{:?}", o.dot_result),
         "gqa_dot": format!("{:?}", o.gqa_dot),
         "decode_rows": format!("{:?}", o.decode_rows),
+        "kv_dtype": format!("{:?}", o.kv_dtype),
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }
@@ -292,7 +293,7 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
                 max_seq_len,
                 plan.head_dim,
             ],
-            dtype,
+            dtype: options.kv_dtype.resolve(dtype),
             layers: model.num_layers(),
             max_batch_size: max_batch,
             max_seq_len,

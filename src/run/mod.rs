@@ -18,8 +18,7 @@ use crate::ir::DType;
 use crate::manifest::{DecodeRows, GraphEntry, GraphKind, InputRole, Manifest, OutputRole};
 use crate::weights::{RankFile, RankWeights, WeightsError};
 use pjrt_runtime::{
-    Arg, Buffer, Client, ClientOptions, CompileOptions, ElementType, HostBytes, LoadedExecutable,
-    Plugin,
+    Arg, Buffer, Client, CompileOptions, ElementType, HostBytes, LoadedExecutable, Plugin,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -248,12 +247,7 @@ impl Engine {
         for g in &runnable {
             check_kv_inputs(&manifest, g)?;
         }
-        let client = Client::new(
-            plugin,
-            &ClientOptions {
-                cpu_device_count: Some(tp as i64),
-            },
-        )?;
+        let client = Client::with_devices(plugin, tp)?;
         let graphs = manifest
             .graphs
             .iter()

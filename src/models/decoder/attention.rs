@@ -204,7 +204,11 @@ pub fn attend(
         lhs_contracting: vec![lhs_contracting],
         rhs_contracting: vec![rhs_contracting],
     };
+    // Over a wider state, the query and the probabilities are widened to it (exactly: the
+    // probabilities are first rounded to the model's dtype, as with a state of that dtype),
+    // and the context comes back in the model's dtype.
     let scores = q
+        .convert(k.dtype())?
         .reshape(&view(hd))?
         .dot_general(k, batched(last, 3))?
         .convert(DType::F32)?
@@ -212,8 +216,13 @@ pub fn attend(
     // Mask and softmax over [B, kv_r, g, S, T] (a free view of the merged scores).
     let scores = scores.reshape(&[bsz, kv_r, g, s, t])?;
     let masked = allowed.select(&scores, &scores.scalar_like(f32::MIN as f64)?)?;
-    let probs = softmax_f32(&masked)?.convert(cx.spec.dtype)?;
-    let out = probs.reshape(&view(t))?.dot_general(v, batched(last, 2))?;
+    let probs = softmax_f32(&masked)?
+        .convert(cx.spec.dtype)?
+        .convert(v.dtype())?;
+    let out = probs
+        .reshape(&view(t))?
+        .dot_general(v, batched(last, 2))?
+        .convert(cx.spec.dtype)?;
     out.reshape(&[bsz, q_r, s, hd])?
         .transpose(&[0, 2, 1, 3])?
         .reshape(&[bsz, s, q_r * hd])
@@ -243,9 +252,10 @@ pub fn cached_attention(
 ) -> Result<(Tensor, KvCache), OpError> {
     let q = apply_rotary(q, cos, sin)?;
     let k = apply_rotary(k, cos, sin)?;
+    // A wider state (KvDtype::F32) takes the rows widened, exactly.
     let new = KvCache {
-        key: write_cache(cx, &cache.key, &k, inputs)?,
-        value: write_cache(cx, &cache.value, v, inputs)?,
+        key: write_cache(cx, &cache.key, &k.convert(cache.key.dtype())?, inputs)?,
+        value: write_cache(cx, &cache.value, &v.convert(cache.value.dtype())?, inputs)?,
     };
     let ctx = match cx.spec.kind {
         GraphKind::ContextEncoding => attend(cx, &q, (&k, v), allowed, scale)?,

@@ -20,7 +20,7 @@ pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
 pub use spec::{
     AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, LinearForm, NormImpl, SamplerKernels, Sampling,
+    GraphSpec, KvDtype, LinearForm, NormImpl, SamplerKernels, Sampling,
 };
 
 use crate::dsl::{DType, OpError, Tensor};
@@ -174,13 +174,14 @@ pub fn record_causal_lm<M: CausalLm>(
         spec.max_seq_len,
         plan.head_dim,
     ];
+    let kv_dtype = spec.options.kv_dtype.resolve(spec.dtype);
     let mut caches = Vec::with_capacity(layers);
     for layer in 0..layers {
         let mut kv = Vec::with_capacity(2);
         for tensor in [KvTensor::Key, KvTensor::Value] {
             let name = format!("past_key_values.{layer}.{}", tensor.name());
             let role = InputRole::KvCache { layer, tensor };
-            kv.push(cx.input(&name, spec.dtype, &kv_dims, role)?);
+            kv.push(cx.input(&name, kv_dtype, &kv_dims, role)?);
         }
         caches.push(KvCache {
             value: kv.pop().expect("two tensors"),

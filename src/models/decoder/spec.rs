@@ -46,6 +46,27 @@ pub enum CacheWrite {
     DynamicUpdateSlice,
 }
 
+/// The element type of the KV state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// The graph's dtype (HF's cache dtype).
+    #[default]
+    Model,
+    /// f32 whatever the graph's dtype: the new K/V rows are widened exactly when written, and
+    /// decode attention reads them in f32 (the same numbers as a bf16 state, since every value
+    /// written is a bf16 value), at twice the state's memory.
+    F32,
+}
+
+impl KvDtype {
+    pub fn resolve(self, model: DType) -> DType {
+        match self {
+            KvDtype::Model => model,
+            KvDtype::F32 => DType::F32,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NormImpl {
     /// RMSNorm from primitives (runs everywhere).
@@ -127,10 +148,13 @@ pub struct GraphOptions {
     pub gqa_dot: GqaDot,
     /// Token generation: each batch row's state row, gathered by `seq_ids` or in place.
     pub decode_rows: DecodeRows,
+    /// The KV state's element type.
+    pub kv_dtype: KvDtype,
 }
 
 impl GraphOptions {
-    /// What runs fastest on the PJRT CPU plugin: per-sequence dynamic-update-slice cache
+    /// What runs fastest on the PJRT CPU plugin in f32 (see [`GraphOptions::cpu_for`] for
+    /// bf16): per-sequence dynamic-update-slice cache
     /// writes, `[in, out]` weights multiplied as `x · W`, and decode rows that are the state's
     /// rows (no gather of the cache; measured beside JAX in BENCHMARKS.md and
     /// docs/decode-performance.md). The
@@ -154,6 +178,26 @@ impl GraphOptions {
         GraphOptions {
             sampler_kernels: SamplerKernels::Neuron,
             ..GraphOptions::default()
+        }
+    }
+
+    /// The cpu preset for graphs of `dtype`. XLA:CPU runs bf16 (and f16) matmuls fastest the
+    /// other way round from f32 ones: with `[out, in]` weights as the dot's rhs (`x · Wᵀ`, f32
+    /// result), bandwidth-bound at batch 1, where `[in, out]` weights fall to a scalar loop
+    /// (2.0 against 112 ms for a 3072 → 8192 bf16 matmul at batch 1, 6.2 against 10 ms at
+    /// batch 4, 22.5 against 30 ms at 128 rows; docs/decode-performance.md). So bf16 graphs
+    /// keep the activation-first form, and f32 graphs take [`GraphOptions::cpu`]'s `[in, out]`.
+    /// bf16 graphs also keep their KV state in f32 ([`KvDtype::F32`]): XLA:CPU runs the
+    /// attention dots in f32 either way, and with a bf16 state it converts every whole cache to
+    /// f32 and back on every step.
+    pub fn cpu_for(dtype: crate::dsl::DType) -> Self {
+        match dtype {
+            crate::dsl::DType::F32 => GraphOptions::cpu(),
+            _ => GraphOptions {
+                linear: LinearForm::ActivationFirst,
+                kv_dtype: KvDtype::F32,
+                ..GraphOptions::cpu()
+            },
         }
     }
 
@@ -184,6 +228,7 @@ impl Default for GraphOptions {
             dot_result: DotResult::OperandType,
             gqa_dot: GqaDot::Merged,
             decode_rows: DecodeRows::Gathered,
+            kv_dtype: KvDtype::Model,
         }
     }
 }

@@ -323,15 +323,15 @@ impl Tokens {
 /// Every call is timed as a serving loop sees it: the Engine uploads ids, positions and
 /// seq_ids, executes (the KV state donated), and reads the logits back.
 fn exec(a: &ExecArgs) -> Result<Value, String> {
-    let options = match a.preset.as_str() {
-        "cpu" => GraphOptions::cpu(),
-        "neuron" => GraphOptions::neuron(),
-        other => return Err(format!("--preset must be cpu or neuron, got `{other}`")),
-    };
     let dtype = match a.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
         other => return Err(format!("--dtype must be f32 or bf16, got `{other}`")),
+    };
+    let options = match a.preset.as_str() {
+        "cpu" => GraphOptions::cpu_for(dtype),
+        "neuron" => GraphOptions::neuron(),
+        other => return Err(format!("--preset must be cpu or neuron, got `{other}`")),
     };
     let model = from_json_str(BENCH_CONFIG, "bench").map_err(|e| e.to_string())?;
     let vocab = model.sizes().vocab as i32;
