@@ -446,9 +446,11 @@ fn options_are_deduplicated_checked_and_recorded() {
     assert_eq!(m["neuron_config"]["on_device_sampling"], true);
     let options = &m["graphs"][0]["options"];
     assert_eq!(options["fused_qkv"], false);
-    // bf16 (the default dtype): the cpu preset keeps [out, in] weights and an f32 state.
-    assert_eq!(options["linear"], "ActivationFirst");
+    // bf16 (the default dtype): the cpu preset multiplies weight-first, keeps an f32 state
+    // and stores contractions from 4096 in f32.
+    assert_eq!(options["linear"], "WeightFirst");
     assert_eq!(options["kv_dtype"], "F32");
+    assert_eq!(options["f32_weights_from"], 4096);
     assert_eq!(m["kv_state"]["dtype"], "f32");
     assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
     // In-place decode rows are recorded on the token-generation graph, the contract a runtime

@@ -34,14 +34,7 @@ fn check(name: &str, tps: &[i64]) {
     check_with(name, tps, &GraphOptions::default())
 }
 
-/// One case at a time: each engine already uses every core, and two full-width cases at once
-/// double the peak memory (Phi-4-mini's f32 embedding alone is 2.5 GB) and leave each with half
-/// the CPU, so a rank that falls far behind its peer can trip XLA:CPU's 40 s collective
-/// rendezvous timeout, which aborts the process.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn check_with(name: &str, tps: &[i64], options: &GraphOptions) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let case = FullWidthCase::load(name);
     let suites: Vec<String> = match suite().as_str() {
         "full" => vec!["default".into(), "full".into()],

@@ -277,8 +277,8 @@ fn bf16_stays_close_to_hf() {
 }
 
 /// bf16 with f32-result matmuls (one rounding after the bias), with an f32 KV state, the
-/// CPU preset for bf16 (activation-first matmuls, f32 state) and the f32 CPU preset's
-/// `[in, out]` weights in bf16.
+/// CPU preset for bf16 (weight-first matmuls, f32 state, long contractions in f32), with every
+/// projection weight in f32, and the f32 CPU preset's `[in, out]` weights in bf16.
 #[test]
 fn bf16_f32_result_dots_stay_close_to_hf() {
     let f32_dots = GraphOptions {
@@ -289,18 +289,22 @@ fn bf16_f32_result_dots_stay_close_to_hf() {
         kv_dtype: KvDtype::F32,
         ..GraphOptions::default()
     };
+    let cpu_bf16 = GraphOptions::cpu_for(DType::BF16);
+    // Every projection stored in f32 (the fixtures' contractions are all short of 4096).
+    let wide = GraphOptions {
+        f32_weights_from: Some(1),
+        ..cpu_bf16.clone()
+    };
     for f in FIXTURES {
-        check(f, 2, DType::BF16, 0.03, 8, &f32_dots);
-        check(f, 2, DType::BF16, 0.03, 8, &f32_state);
-        check(
-            f,
-            2,
-            DType::BF16,
-            0.03,
-            8,
-            &GraphOptions::cpu_for(DType::BF16),
-        );
-        check(f, 2, DType::BF16, 0.03, 8, &GraphOptions::cpu());
+        for options in [
+            &f32_dots,
+            &f32_state,
+            &cpu_bf16,
+            &wide,
+            &GraphOptions::cpu(),
+        ] {
+            check(f, 2, DType::BF16, 0.03, 8, options);
+        }
     }
 }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use prost::Message;
 use xla_proto::{
-    CompileOptionsProto, ExecutableBuildOptionsProto, HloModuleProto, PrimitiveType, ShapeProto,
+    option_override_proto, CompileOptionsProto, ExecutableBuildOptionsProto, HloModuleProto,
+    OptionOverrideProto, PrimitiveType, ShapeProto,
 };
 
 use crate::buffer::Buffer;
@@ -71,7 +72,23 @@ impl CompileOptions {
     }
 
     /// The serialized `CompileOptionsProto` (never empty: an empty one aborts the plugin).
+    ///
+    /// Executables with more than one replica are compiled without XLA:CPU's XNNPACK fusions
+    /// (`xla_cpu_use_xnnpack = false`, an XLA debug option every XLA plugin knows): an XNNPACK
+    /// fusion thunk that rebuilds its runtime destroys its thread pool and waits for it, while
+    /// another replica's thread of the same pool waits in a collective for this one, so the
+    /// process deadlocks until XLA's 40 s rendezvous timeout aborts it (seen with f32 `[in, out]`
+    /// projection weights at tp 2; `tests/tp_deadlock.rs` in the main crate reproduces it).
     pub fn to_proto(&self) -> CompileOptionsProto {
+        let mut env_option_overrides = std::collections::BTreeMap::new();
+        if self.num_replicas > 1 {
+            env_option_overrides.insert(
+                "xla_cpu_use_xnnpack".to_string(),
+                OptionOverrideProto {
+                    value: Some(option_override_proto::Value::BoolField(false)),
+                },
+            );
+        }
         CompileOptionsProto {
             executable_build_options: Some(ExecutableBuildOptionsProto {
                 device_ordinal: -1,
@@ -79,6 +96,7 @@ impl CompileOptions {
                 num_partitions: self.num_partitions,
                 ..Default::default()
             }),
+            env_option_overrides,
             ..Default::default()
         }
     }

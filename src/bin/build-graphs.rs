@@ -91,9 +91,10 @@ struct Args {
     #[arg(long)]
     linear: Option<String>,
     /// neuron (the forms AWS's writers emit, Neuron's sampler kernels), cpu (the forms the PJRT
-    /// CPU plugin runs fastest: dus, may-alias, f32 dots, grouped GQA, in-place decode rows, and
-    /// input-major weights in f32 graphs or an f32 KV state in bf16 ones) or portable (the
-    /// neuron forms from primitives only).
+    /// CPU plugin runs fastest: dus, may-alias, f32 dots, grouped GQA, in-place decode rows;
+    /// input-major weights in f32 graphs; weight-first matmuls, an f32 KV state and f32 weights
+    /// for contractions from 4096 in bf16 ones) or portable (the neuron forms from primitives
+    /// only).
     #[arg(long, default_value = "neuron")]
     preset: String,
     /// Decode cache write: element-scatter (NxD's torch.scatter form; the neuron preset's),
@@ -121,6 +122,11 @@ struct Args {
     /// preset's for bf16 graphs: XLA:CPU then converts no cache per step).
     #[arg(long)]
     kv_dtype: Option<String>,
+    /// bf16 graphs: store projection weights whose contraction (input features per rank) is at
+    /// least K in f32 (the cpu preset's is 4096, where XLA:CPU's bf16 matrix-vector product
+    /// slows down tenfold); 0: never.
+    #[arg(long, value_name = "K")]
+    f32_weights_from: Option<i64>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -239,6 +245,14 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
             Some(v) => [DecodeRows::Gathered, DecodeRows::InPlace]
                 [pick("decode-rows", v, &["gathered", "in-place"])?],
             None => base.decode_rows,
+        },
+        f32_weights_from: match args.f32_weights_from {
+            Some(k) if k < 0 => {
+                return Err(format!("--f32-weights-from must be 0 or more, got {k}"))
+            }
+            Some(0) => None,
+            Some(k) => Some(k),
+            None => base.f32_weights_from,
         },
         kv_dtype: match &args.kv_dtype {
             Some(v) => [KvDtype::Model, KvDtype::F32][pick("kv-dtype", v, &["model", "f32"])?],

@@ -142,6 +142,7 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "gqa_dot": format!("{:?}", o.gqa_dot),
         "decode_rows": format!("{:?}", o.decode_rows),
         "kv_dtype": format!("{:?}", o.kv_dtype),
+        "f32_weights_from": o.f32_weights_from,
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }

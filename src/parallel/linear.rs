@@ -93,6 +93,15 @@ pub fn linear_with_bias(
     f32_result: bool,
 ) -> Result<Tensor, OpError> {
     let r = x.rank() as i64;
+    // A weight stored wider than the activations (f32 under bf16): widen x (exactly) and
+    // multiply in the weight's dtype, then round once, as the f32-result form does.
+    let widened;
+    let (x, out_dtype) = if weight.dtype() != x.dtype() {
+        widened = x.convert(weight.dtype())?;
+        (&widened, Some(x.dtype()))
+    } else {
+        (x, None)
+    };
     let low_precision = f32_result && matches!(x.dtype(), DType::BF16 | DType::F16);
     let (lhs, rhs, dims) = match form {
         LinearForm::ActivationFirst => (
@@ -134,19 +143,16 @@ pub fn linear_with_bias(
         y = y.transpose(&perm)?;
     }
     if let Some(b) = bias {
-        let b = if low_precision {
-            b.convert(DType::F32)?
-        } else {
-            b.clone()
-        };
+        // In the accumulation's dtype (f32 when the dot produced f32).
+        let b = b.convert(y.dtype())?;
         let dims = y.dims().to_vec();
         let last = dims.len() as i64 - 1;
         y = y.add(&b.broadcast_in_dim(&dims, &[last])?)?;
     }
-    if low_precision {
-        y.convert(x.dtype())
-    } else {
-        Ok(y)
+    match (low_precision, out_dtype) {
+        (_, Some(dtype)) => y.convert(dtype),
+        (true, None) => y.convert(x.dtype()),
+        (false, None) => Ok(y),
     }
 }
 

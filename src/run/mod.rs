@@ -328,13 +328,17 @@ impl Engine {
     fn cache_key(&self, g: &GraphEntry) -> String {
         let plugin = self.client.plugin();
         let (major, minor) = plugin.api_version();
+        // The compile options as the plugin receives them (replicas and XLA option overrides).
+        let options =
+            prost::Message::encode_to_vec(&CompileOptions::replicas(self.tp as i64).to_proto());
         sha256_hex(
             format!(
-                "{}\n{}\n{major}.{minor}\n{}\n{}",
+                "{}\n{}\n{major}.{minor}\n{}\n{}\n{}",
                 g.proto_sha256,
                 plugin.path().display(),
                 self.tp,
-                self.client.platform_name()
+                self.client.platform_name(),
+                sha256_hex(&options)
             )
             .as_bytes(),
         )

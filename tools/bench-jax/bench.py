@@ -392,7 +392,10 @@ def run(args):
                     if decode:
                         host = [(rng.standard_normal(ours.kv["shape"], np.float32)).astype(jdt)
                                 for _ in range(2 * cfg["num_hidden_layers"])]
-                        oc = [jax.device_put(a, dev) for a in host]
+                        # The same values on both sides; our state may be wider than the model's
+                        # dtype (the cpu preset keeps bf16 graphs' KV state in f32).
+                        kdt = {"f32": np.float32, "bf16": jdt}[ours.kv["dtype"]]
+                        oc = [jax.device_put(np.asarray(a).astype(kdt), dev) for a in host]
                         jc = pairs([jax.device_put(a, dev) for a in host])
                     else:
                         oc = ours.zero_caches()

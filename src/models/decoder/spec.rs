@@ -150,6 +150,9 @@ pub struct GraphOptions {
     pub decode_rows: DecodeRows,
     /// The KV state's element type.
     pub kv_dtype: KvDtype,
+    /// In bf16/f16 graphs, store a projection weight in f32 when its contraction (the input
+    /// features per rank) is at least this long; `None`: never.
+    pub f32_weights_from: Option<i64>,
 }
 
 impl GraphOptions {
@@ -181,21 +184,27 @@ impl GraphOptions {
         }
     }
 
-    /// The cpu preset for graphs of `dtype`. XLA:CPU runs bf16 (and f16) matmuls fastest the
-    /// other way round from f32 ones: with `[out, in]` weights as the dot's rhs (`x · Wᵀ`, f32
-    /// result), bandwidth-bound at batch 1, where `[in, out]` weights fall to a scalar loop
-    /// (2.0 against 112 ms for a 3072 → 8192 bf16 matmul at batch 1, 6.2 against 10 ms at
-    /// batch 4, 22.5 against 30 ms at 128 rows; docs/decode-performance.md). So bf16 graphs
-    /// keep the activation-first form, and f32 graphs take [`GraphOptions::cpu`]'s `[in, out]`.
+    /// The cpu preset for graphs of `dtype`. XLA:CPU runs bf16 (and f16) projections fastest
+    /// the other way round from f32 ones: as `W · xᵀ` with `[out, in]` weights (the weight-first
+    /// form). At batch 1 it turns the other forms' bf16 matrix-vector products into loop fusions
+    /// that read a transposed, widened copy of the weight: a 4-layer full-width Phi-3-mini
+    /// decodes a token in 783 ms activation-first, 1932 ms with `[in, out]` weights, 97 ms
+    /// weight-first (f32 weights: 95 ms for twice the bytes); the bench model's batch 4 and 8
+    /// stay as fast (docs/decode-performance.md).
+    ///
     /// bf16 graphs also keep their KV state in f32 ([`KvDtype::F32`]): XLA:CPU runs the
     /// attention dots in f32 either way, and with a bf16 state it converts every whole cache to
-    /// f32 and back on every step.
+    /// f32 and back on every step. And its bf16 matrix-vector product falls off a cliff once
+    /// the contraction reaches 4096 (3584 → 3072: 1.3 ms; 4096 → 3072: 25 ms; 8192 → 3072,
+    /// Phi-3-mini's `down_proj`: 46 ms, where f32 takes 3.9 ms), so such weights are stored in
+    /// f32 (`f32_weights_from`), at twice their memory (258 → 97 ms in the 4-layer model).
     pub fn cpu_for(dtype: crate::dsl::DType) -> Self {
         match dtype {
             crate::dsl::DType::F32 => GraphOptions::cpu(),
             _ => GraphOptions {
-                linear: LinearForm::ActivationFirst,
+                linear: LinearForm::WeightFirst,
                 kv_dtype: KvDtype::F32,
+                f32_weights_from: Some(4096),
                 ..GraphOptions::cpu()
             },
         }
@@ -229,6 +238,7 @@ impl Default for GraphOptions {
             gqa_dot: GqaDot::Merged,
             decode_rows: DecodeRows::Gathered,
             kv_dtype: KvDtype::Model,
+            f32_weights_from: None,
         }
     }
 }
