@@ -10,14 +10,9 @@
 use pjrt_runtime::{Arg, Buffer, Client, ClientOptions, CompileOptions, ElementType, Plugin};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
+use testkit::fixture_dir as fixture;
 
 fn run(bin: &str, args: &[&str]) {
     let out = Command::new(bin).args(args).output().unwrap();

@@ -22,18 +22,9 @@ use phi3_neuron::models::decoder::{
 };
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
-use std::path::{Path, PathBuf};
-
-const FIXTURES: &[&str] = &[
-    "mha",
-    "gqa",
-    "gqa_mha_convert",
-    "longrope",
-    "partial_rotary",
-    "phi4_like",
-    "sliding_window",
-    "tied",
-];
+use testkit::fixture_dir;
+use testkit::plugin;
+use testkit::PHI3_FIXTURES as FIXTURES;
 
 /// `LlamaForCausalLM` fixtures: llama3 RoPE with GQA; head_dim != hidden/heads with biases,
 /// tied embeddings and CONVERT_TO_MHA.
@@ -46,12 +37,6 @@ struct Case {
     /// HF's top-2 margins on its first 8 greedy steps are all ≥ 0.35, and HF's own bf16 run
     /// reproduces those tokens: the case where bf16 token equality is a fair demand.
     bf16_robust: bool,
-}
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
 }
 
 fn cases(name: &str) -> Vec<Case> {
@@ -80,10 +65,6 @@ fn cases(name: &str) -> Vec<Case> {
             bf16_robust: c["bf16_robust"].as_bool().unwrap_or(false),
         })
         .collect()
-}
-
-fn plugin() -> pjrt_runtime::Plugin {
-    pjrt_runtime::Plugin::from_env().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -2,18 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use testkit::fixture_dir as fixture;
+use testkit::FIXTURES as ALL_FIXTURES;
 
 fn phi3(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_phi3"))
         .args(args)
         .output()
         .unwrap()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
 }
 
 fn expected_case(name: &str) -> serde_json::Value {
@@ -301,19 +297,6 @@ fn all_cases(name: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
-
-const ALL_FIXTURES: [&str; 10] = [
-    "mha",
-    "gqa",
-    "gqa_mha_convert",
-    "longrope",
-    "partial_rotary",
-    "phi4_like",
-    "sliding_window",
-    "tied",
-    "llama_gqa",
-    "llama_bias_tied",
-];
 
 /// Every fixture, from written artifacts, at tp 1, 2 and 4: the first case's logits within
 /// 1e-4 of HF and its 16 greedy tokens; then every case as one JSONL batch over two cache

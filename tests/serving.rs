@@ -14,34 +14,23 @@ use phi3_neuron::build::session::{engine_for, SetShape};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{GraphOptions, Sampling};
 use phi3_neuron::run::{serve, Request, Sampling as RequestSampling};
-use std::path::{Path, PathBuf};
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
+use testkit::fixture_dir;
+use testkit::plugin;
 
 fn cases(name: &str) -> Vec<(Vec<i32>, Vec<i32>)> {
     let text = std::fs::read_to_string(fixture_dir(name).join("expected.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ints = |v: &serde_json::Value| -> Vec<i32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap() as i32)
-            .collect()
-    };
     v["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (ints(&c["prompt_ids"]), ints(&c["greedy_16"])))
+        .map(|c| {
+            (
+                testkit::ints(&c["prompt_ids"]),
+                testkit::ints(&c["greedy_16"]),
+            )
+        })
         .collect()
-}
-
-fn plugin() -> pjrt_runtime::Plugin {
-    pjrt_runtime::Plugin::from_env().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Three buckets of each kind over one 64-position state, `rows` cache rows.

@@ -21,23 +21,8 @@ use safetensors::{Dtype, SafeTensors, View};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-const FIXTURES: [&str; 8] = [
-    "mha",
-    "gqa",
-    "gqa_mha_convert",
-    "longrope",
-    "partial_rotary",
-    "phi4_like",
-    "sliding_window",
-    "tied",
-];
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
+use testkit::fixture_dir;
+use testkit::PHI3_FIXTURES as FIXTURES;
 
 fn load(name: &str) -> (Phi3Config, Checkpoint) {
     let dir = fixture_dir(name);

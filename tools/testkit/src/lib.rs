@@ -34,6 +34,27 @@ pub const FIXTURES: [&str; 10] = [
     "llama_bias_tied",
 ];
 
+/// The Phi-3 fixtures (the first eight of [`FIXTURES`]; the rest are Llama).
+pub const PHI3_FIXTURES: [&str; 8] = [
+    "mha",
+    "gqa",
+    "gqa_mha_convert",
+    "longrope",
+    "partial_rotary",
+    "phi4_like",
+    "sliding_window",
+    "tied",
+];
+
+/// A JSON array of integers (token ids) as `i32`s.
+pub fn ints(v: &serde_json::Value) -> Vec<i32> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x.as_i64().expect("an integer") as i32)
+        .collect()
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -241,13 +262,6 @@ impl FullWidthCase {
         };
         let config_json = read("config.json");
         let v: serde_json::Value = serde_json::from_str(&read("expected.json")).unwrap();
-        let ints = |v: &serde_json::Value| -> Vec<i32> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap() as i32)
-                .collect()
-        };
         let floats = |v: &serde_json::Value| -> Vec<f32> {
             v.as_array()
                 .unwrap()
