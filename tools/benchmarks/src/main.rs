@@ -7,7 +7,7 @@
 //! The other subcommands are the children: each does one measurement and prints one JSON
 //! object on stdout.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use phi3_neuron::build::default_jobs;
 use phi3_neuron::build::session::{engine_for, SetShape};
 use phi3_neuron::build::set::build_all;
@@ -37,27 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Every measurement, each in fresh processes; writes results.json and BENCHMARKS.md.
-    All {
-        /// Fresh-process runs per graph-build configuration (median, min and max reported).
-        #[arg(long, default_value_t = 7)]
-        runs: usize,
-        /// Timed decode steps per configuration (after 3 warm-up steps).
-        #[arg(long, default_value_t = 30)]
-        decode_steps: usize,
-        /// Timed prefill calls per configuration (after 2 warm-up calls).
-        #[arg(long, default_value_t = 10)]
-        prefill_runs: usize,
-        #[arg(long, default_value = "target/bench")]
-        out: PathBuf,
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        report: PathBuf,
-        /// Graph building only (no PJRT plugin needed).
-        #[arg(long)]
-        no_exec: bool,
-        /// The command line that started the run, recorded in the report.
-        #[arg(long, default_value = "tools/bench")]
-        invoked_as: String,
-    },
+    All(AllArgs),
     /// Regenerates BENCHMARKS.md from an existing results.json.
     Report {
         #[arg(long, default_value = "target/bench/results.json")]
@@ -83,31 +63,7 @@ enum Cmd {
         jobs: Option<usize>,
     },
     /// Child: prefill and decode of the bench model through the Engine on the CPU plugin.
-    Exec {
-        #[arg(long, default_value_t = 1)]
-        tp: i64,
-        /// cpu (`GraphOptions::cpu()`) or neuron (`GraphOptions::neuron()`, AWS's forms).
-        #[arg(long, default_value = "cpu")]
-        preset: String,
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        /// Decode batch sizes (one set per size: its cache rows and TKG batch).
-        #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
-        batches: Vec<i64>,
-        /// Prefill bucket (0: no prefill).
-        #[arg(long, default_value_t = 128)]
-        prefill: i64,
-        /// Cache length; decode writes position cache_len - 1.
-        #[arg(long, default_value_t = 512)]
-        cache_len: i64,
-        #[arg(long, default_value_t = 30)]
-        decode_steps: usize,
-        #[arg(long, default_value_t = 10)]
-        prefill_runs: usize,
-        /// The bench model's checkpoint folder (written by `bench all`).
-        #[arg(long)]
-        model_dir: PathBuf,
-    },
+    Exec(ExecArgs),
     /// Writes a counter-hash checkpoint (testkit's weights, the ones the full-width tests and
     /// `tools/fixtures/hashinit.py` share) for a config, at any size: for the real-size runs.
     MakeCheckpoint {
@@ -131,23 +87,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
-        Cmd::All {
-            runs,
-            decode_steps,
-            prefill_runs,
-            out,
-            report,
-            no_exec,
-            invoked_as,
-        } => run_all(&AllArgs {
-            runs,
-            decode_steps,
-            prefill_runs,
-            out,
-            report,
-            no_exec,
-            invoked_as,
-        }),
+        Cmd::All(a) => run_all(&a),
         Cmd::Report { results, report } => std::fs::read_to_string(&results)
             .map_err(|e| format!("{}: {e}", results.display()))
             .and_then(|t| {
@@ -161,28 +101,7 @@ fn main() -> ExitCode {
             buckets,
             jobs,
         } => build_set(&model, tp, layers, &buckets, jobs).map(print_json),
-        Cmd::Exec {
-            tp,
-            preset,
-            dtype,
-            batches,
-            prefill,
-            cache_len,
-            decode_steps,
-            prefill_runs,
-            model_dir,
-        } => exec(&ExecArgs {
-            tp,
-            preset,
-            dtype,
-            batches,
-            prefill,
-            cache_len,
-            decode_steps,
-            prefill_runs,
-            model_dir,
-        })
-        .map(print_json),
+        Cmd::Exec(a) => exec(&a).map(print_json),
         Cmd::MakeCheckpoint { config, out, bf16 } => make_checkpoint(&config, &out, bf16),
         Cmd::Membw { mib, reps } => {
             print_json(memory_bandwidth(mib, reps));
@@ -308,15 +227,30 @@ fn build_set(
 // Child: execution
 // ---------------------------------------------------------------------------------------------
 
+#[derive(Args, Debug)]
 struct ExecArgs {
+    #[arg(long, default_value_t = 1)]
     tp: i64,
+    /// cpu (`GraphOptions::cpu()`) or neuron (`GraphOptions::neuron()`, AWS's forms).
+    #[arg(long, default_value = "cpu")]
     preset: String,
+    #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Decode batch sizes (one set per size: its cache rows and TKG batch).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     batches: Vec<i64>,
+    /// Prefill bucket (0: no prefill).
+    #[arg(long, default_value_t = 128)]
     prefill: i64,
+    /// Cache length; decode writes position cache_len - 1.
+    #[arg(long, default_value_t = 512)]
     cache_len: i64,
+    #[arg(long, default_value_t = 30)]
     decode_steps: usize,
+    #[arg(long, default_value_t = 10)]
     prefill_runs: usize,
+    /// The bench model's checkpoint folder (written by `bench all`).
+    #[arg(long)]
     model_dir: PathBuf,
 }
 
@@ -511,13 +445,26 @@ fn memory_bandwidth(mib: usize, reps: usize) -> Value {
 // Orchestration: `bench all`
 // ---------------------------------------------------------------------------------------------
 
+#[derive(Args, Debug)]
 struct AllArgs {
+    /// Fresh-process runs per graph-build configuration (median, min and max reported).
+    #[arg(long, default_value_t = 7)]
     runs: usize,
+    /// Timed decode steps per configuration (after 3 warm-up steps).
+    #[arg(long, default_value_t = 30)]
     decode_steps: usize,
+    /// Timed prefill calls per configuration (after 2 warm-up calls).
+    #[arg(long, default_value_t = 10)]
     prefill_runs: usize,
+    #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    #[arg(long, default_value = "BENCHMARKS.md")]
     report: PathBuf,
+    /// Graph building only (no PJRT plugin needed).
+    #[arg(long)]
     no_exec: bool,
+    /// The command line that started the run, recorded in the report.
+    #[arg(long, default_value = "tools/bench")]
     invoked_as: String,
 }
 
