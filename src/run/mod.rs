@@ -325,12 +325,16 @@ impl Engine {
             .unwrap_or(0)
     }
 
+    /// What every graph of the set is compiled with: one replica per rank.
+    fn compile_options(&self) -> CompileOptions {
+        CompileOptions::replicas(self.tp as i64)
+    }
+
     fn cache_key(&self, g: &GraphEntry) -> String {
         let plugin = self.client.plugin();
         let (major, minor) = plugin.api_version();
         // The compile options as the plugin receives them (replicas and XLA option overrides).
-        let options =
-            prost::Message::encode_to_vec(&CompileOptions::replicas(self.tp as i64).to_proto());
+        let options = prost::Message::encode_to_vec(&self.compile_options().to_proto());
         sha256_hex(
             format!(
                 "{}\n{}\n{major}.{minor}\n{}\n{}\n{}",
@@ -384,9 +388,7 @@ impl Engine {
     }
 
     fn compile(&self, proto: &[u8]) -> Result<LoadedExecutable, RunError> {
-        Ok(self
-            .client
-            .compile_bytes(proto, &CompileOptions::replicas(self.tp as i64))?)
+        Ok(self.client.compile_bytes(proto, &self.compile_options())?)
     }
 
     fn graph(&self, kind: GraphKind, bucket: i64) -> Result<&Graph, RunError> {

@@ -127,24 +127,19 @@ impl<'a> Recorder<'a> {
         } else {
             Layout::Checkpoint
         };
+        let mut decl = WeightDecl::new(name, self.spec.dtype, parts, layout)?;
         // A low-precision projection with a long contraction may be stored in f32
         // (`GraphOptions::f32_weights_from`); the linear then multiplies in f32.
-        let dtype = match self.spec.options.f32_weights_from {
-            Some(from) if matches!(self.spec.dtype, DType::BF16 | DType::F16) => {
-                let probe = WeightDecl::new(name, self.spec.dtype, parts.clone(), layout)?;
-                let contraction = match layout {
-                    Layout::Transposed => probe.shape[0],
-                    Layout::Checkpoint => probe.shape[probe.shape.len() - 1],
-                };
-                if contraction as i64 >= from {
-                    DType::F32
-                } else {
-                    self.spec.dtype
-                }
+        if let Some(from) = self.spec.options.f32_weights_from {
+            let contraction = match layout {
+                Layout::Transposed => decl.shape[0],
+                Layout::Checkpoint => decl.shape[decl.shape.len() - 1],
+            };
+            if matches!(decl.dtype, DType::BF16 | DType::F16) && contraction as i64 >= from {
+                decl.dtype = DType::F32;
             }
-            _ => self.spec.dtype,
-        };
-        self.declare_as(name, dtype, parts, layout)
+        }
+        self.push(decl)
     }
 
     #[track_caller]
@@ -154,24 +149,19 @@ impl<'a> Recorder<'a> {
         parts: Vec<WeightPart>,
         layout: Layout,
     ) -> Result<Tensor, BuildError> {
-        self.declare_as(name, self.spec.dtype, parts, layout)
+        let decl = WeightDecl::new(name, self.spec.dtype, parts, layout)?;
+        self.push(decl)
     }
 
+    /// Declares `decl`'s graph input and records the declaration.
     #[track_caller]
-    fn declare_as(
-        &mut self,
-        name: &str,
-        dtype: DType,
-        parts: Vec<WeightPart>,
-        layout: Layout,
-    ) -> Result<Tensor, BuildError> {
-        let decl = WeightDecl::new(name, dtype, parts, layout)?;
+    fn push(&mut self, decl: WeightDecl) -> Result<Tensor, BuildError> {
         decl.check(self.plan.tp as usize)?;
         let dims: Vec<i64> = decl.shape.iter().map(|&d| d as i64).collect();
         let role = InputRole::Weight {
-            weight: name.to_string(),
+            weight: decl.name.clone(),
         };
-        let t = self.input(name, dtype, &dims, role)?;
+        let t = self.input(&decl.name, decl.dtype, &dims, role)?;
         self.weights.push(decl);
         Ok(t)
     }
