@@ -393,17 +393,15 @@ fn a_failed_run_leaves_no_stale_manifest() {
 fn options_are_deduplicated_checked_and_recorded() {
     let out = temp_dir("opts");
     let o = out.to_str().unwrap();
+    // A one-layer, one-bucket set with these options.
+    let small = |options: &[&str]| {
+        let mut args = vec!["--layers", "1", "--buckets", "16"];
+        args.extend_from_slice(options);
+        args.extend(["--out", o]);
+        run(&args)
+    };
     // Asking for a kind twice builds it once.
-    let r = run(&[
-        "--layers",
-        "1",
-        "--buckets",
-        "16",
-        "--graphs",
-        "cte,cte",
-        "--out",
-        o,
-    ]);
+    let r = small(&["--graphs", "cte,cte"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let read = || read_manifest(&out.join("phi-3-mini-4k/tp2"));
     assert_eq!(read()["graphs"].as_array().unwrap().len(), 1);
@@ -426,20 +424,7 @@ fn options_are_deduplicated_checked_and_recorded() {
         "{err}"
     );
     // The manifest says how the graphs were built.
-    let r = run(&[
-        "--layers",
-        "1",
-        "--buckets",
-        "16",
-        "--qkv",
-        "split",
-        "--sampling",
-        "greedy",
-        "--preset",
-        "cpu",
-        "--out",
-        o,
-    ]);
+    let r = small(&["--qkv", "split", "--sampling", "greedy", "--preset", "cpu"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let m = read();
     assert_eq!(m["neuron_config"]["fused_qkv"], false);
@@ -462,47 +447,20 @@ fn options_are_deduplicated_checked_and_recorded() {
         .find(|g| g["kind"] == "token_generation")
         .expect("a tkg graph");
     assert_eq!(tkg["decode_rows"], "in_place");
-    let r = run(&[
-        "--layers",
-        "1",
-        "--buckets",
-        "16",
-        "--decode-rows",
-        "sideways",
-        "--out",
-        o,
-    ]);
+    let r = small(&["--decode-rows", "sideways"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
         !r.status.success() && err.contains("--decode-rows") && err.lines().count() == 1,
         "{err}"
     );
     // trn3: lnc 2, like trn2.
-    let r = run(&[
-        "--layers",
-        "1",
-        "--buckets",
-        "16",
-        "--target",
-        "trn3",
-        "--out",
-        o,
-    ]);
+    let r = small(&["--target", "trn3"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let m = read();
     assert_eq!(m["neuron_config"]["target"], "trn3");
     let flags = m["graphs"][0]["compiler_flags"].as_array().unwrap();
     assert!(flags.iter().any(|f| f == "--target=trn3") && flags.iter().any(|f| f == "--lnc=2"));
-    let r = run(&[
-        "--layers",
-        "1",
-        "--buckets",
-        "16",
-        "--target",
-        "trn9",
-        "--out",
-        o,
-    ]);
+    let r = small(&["--target", "trn9"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
         err.contains("--target must be one of trn1, trn2, trn3, inf2"),
