@@ -3,7 +3,7 @@
 //! partial rotary, LongRoPE, vocab 200064, tied), Phi-3.5-mini and Llama-3.2-1B, cut to one or
 //! two layers. The weights are never committed: `tools/fixtures/make_full_width.py` ran HF on
 //! counter-hash weights rounded to bf16 and committed only its outputs; `testkit` writes the
-//! identical checkpoint under `target/full-width/` on first use.
+//! identical checkpoint under `target/scratch/` for the tests that use it and deletes it after.
 //!
 //! The default suite runs the short prompts (`suite: "default"`); `tools/test-full` runs the
 //! 2k–4k-token prompts too (`PHI3_FULL_WIDTH=full`).
@@ -44,7 +44,8 @@ fn check_with(name: &str, tps: &[i64], options: &GraphOptions) {
     if prompts.is_empty() {
         return;
     }
-    let dir = case.checkpoint_dir(false);
+    let checkpoint = case.checkpoint();
+    let dir = checkpoint.path();
     let plugin = testkit::plugin();
     for &tp in tps {
         for p in &prompts {
@@ -54,7 +55,7 @@ fn check_with(name: &str, tps: &[i64], options: &GraphOptions) {
             let what = format!("{name} tp {tp} prompt {n}");
             let engine = engine_for(
                 &plugin,
-                &dir,
+                dir,
                 tp,
                 DType::F32,
                 &SetShape::single(bucket),

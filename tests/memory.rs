@@ -30,14 +30,16 @@ fn generate(args: &[&str]) -> serde_json::Value {
 fn a_full_width_checkpoint_runs_in_about_its_weight_bytes() {
     testkit::plugin(); // the child finds it the same way; a missing plugin fails here
     let case = FullWidthCase::load("phi-3-mini-4k.2l");
-    let model = case.checkpoint_dir(true);
-    let cache = tempdir("memory-cache");
+    let checkpoint = case.checkpoint();
+    let model = checkpoint.path();
     let prompt = case.prompts[0].prompt_ids[..32]
         .iter()
         .map(|t| t.to_string())
         .collect::<Vec<_>>()
         .join(",");
     for (tp, dtype) in [("1", "bf16"), ("2", "f32")] {
+        // One cache per run, deleted after it: it holds the run's rank files (up to 1.6 GB).
+        let cache = testkit::tempdir("memory-cache");
         let v = generate(&[
             "--model",
             model.to_str().unwrap(),
@@ -52,7 +54,7 @@ fn a_full_width_checkpoint_runs_in_about_its_weight_bytes() {
             "--ignore-eos",
             "--timings",
             "--cache",
-            cache.to_str().unwrap(),
+            cache.path().to_str().unwrap(),
         ]);
         let t = &v["timings"];
         let weights_mib = t["weight_bytes"].as_f64().unwrap() / (1 << 20) as f64;
@@ -68,11 +70,4 @@ fn a_full_width_checkpoint_runs_in_about_its_weight_bytes() {
             "tp {tp} {dtype}: peak RSS {peak:.0} MiB exceeds 1.25 × {weights_mib:.0} MiB of weights + 400 MiB"
         );
     }
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("phi3-neuron-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

@@ -14,12 +14,13 @@ fn repeated_tp2_prefills_with_input_major_weights_complete() {
     let config = std::fs::read_to_string(testkit::repo().join("tools/bench-jax/config.json"))
         .unwrap()
         .replace("\"num_hidden_layers\":8", "\"num_hidden_layers\":2");
-    let dir = testkit::repo().join("target/tp-deadlock-model");
-    if !dir.join("model.safetensors").exists() {
-        let model = phi3_neuron::models::from_json_str(&config, "tp-deadlock").unwrap();
-        let tensors = testkit::model_tensors(model.as_ref());
-        testkit::write_hashed_checkpoint(&dir, &config, &tensors, false).unwrap();
-    }
+    let model = phi3_neuron::models::from_json_str(&config, "tp-deadlock").unwrap();
+    let checkpoint = testkit::scratch_checkpoint(
+        "tp-deadlock",
+        &config,
+        &testkit::model_tensors(model.as_ref()),
+    );
+    let dir = checkpoint.path();
     let shape = SetShape {
         cte_buckets: vec![128],
         tkg_buckets: vec![512],
@@ -29,7 +30,7 @@ fn repeated_tp2_prefills_with_input_major_weights_complete() {
     };
     let engine = engine_for(
         &testkit::plugin(),
-        &dir,
+        dir,
         2,
         DType::F32,
         &shape,

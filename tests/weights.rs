@@ -20,8 +20,8 @@ use phi3_neuron::weights::{
 use safetensors::{Dtype, SafeTensors, View};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use testkit::fixture_dir;
+use testkit::TempDir;
 use testkit::PHI3_FIXTURES as FIXTURES;
 
 fn load(name: &str) -> (Phi3Config, Checkpoint) {
@@ -61,31 +61,6 @@ fn write_files(
 
 fn key_of<'a>(d: &'a [WeightDecl], name: &str) -> &'a str {
     &d.iter().find(|d| d.name == name).unwrap().parts[0].checkpoint_key
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("phi3-weights-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An owned tensor for writing test checkpoints.
@@ -133,7 +108,7 @@ fn write_st(path: &Path, tensors: &BTreeMap<String, Owned>) {
 
 /// A copy of fixture `name` whose tensors went through `edit`.
 fn edited_fixture(name: &str, edit: impl FnOnce(&mut BTreeMap<String, Owned>)) -> TempDir {
-    let dir = TempDir::new(name);
+    let dir = testkit::tempdir(name);
     std::fs::copy(
         fixture_dir(name).join("config.json"),
         dir.path().join("config.json"),
@@ -757,7 +732,7 @@ fn truncated_files_name_the_file_and_tensor() {
 
 /// Splits fixture `name` into two shard files with an index; returns the dir.
 fn sharded(name: &str, index_text: impl FnOnce(&str) -> String) -> TempDir {
-    let dir = TempDir::new(&format!("{name}-sharded"));
+    let dir = testkit::tempdir(&format!("{name}-sharded"));
     let tensors = fixture_tensors(name);
     let (a, b) = (
         "model-00001-of-00002.safetensors",
@@ -881,7 +856,7 @@ fn malformed_index_is_reported_with_its_path() {
 
 #[test]
 fn other_bad_inputs_are_errors() {
-    let empty = TempDir::new("empty");
+    let empty = testkit::tempdir("empty");
     assert!(open_err(empty.path()).contains("no checkpoint found"));
     let missing = empty.path().join("nope.safetensors");
     assert!(open_err(&missing).contains("nope.safetensors"));
@@ -919,7 +894,7 @@ fn other_bad_inputs_are_errors() {
 fn rank_files_are_deterministic_and_reload() {
     let (cfg, ckpt) = load("phi4_like");
     let plan = cfg.plan(2).unwrap();
-    let (a, b) = (TempDir::new("out-a"), TempDir::new("out-b"));
+    let (a, b) = (testkit::tempdir("out-a"), testkit::tempdir("out-b"));
     for dtype in [DType::F32, DType::BF16] {
         let pa = write_files(&ckpt, &cfg, &plan, dtype, a.path()).unwrap();
         let pb = write_files(&ckpt, &cfg, &plan, dtype, b.path()).unwrap();

@@ -19,6 +19,8 @@ use phi3_neuron::models::DecoderModel;
 use phi3_neuron::weights::WeightDecl;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+pub use tempfile::TempDir;
 
 /// Every committed HF fixture (tests/fixtures/models).
 pub const FIXTURES: [&str; 10] = [
@@ -185,9 +187,6 @@ pub fn write_hashed_checkpoint(
     Ok(8 + header.len() as u64 + offset as u64)
 }
 
-/// Bumped when the hash rule or [`init_for`] changes: cached checkpoints are rewritten.
-pub const HASH_RULE_VERSION: u32 = 2;
-
 /// HF's logits at one generation step, summarised.
 #[derive(Clone, Debug)]
 pub struct StepLogits {
@@ -320,34 +319,71 @@ impl FullWidthCase {
         self.prompts.iter().filter(move |p| p.suite == suite)
     }
 
-    /// The case's checkpoint folder, written on first use under `target/full-width/`
-    /// (1–3 GB in f32, half that in bf16; rewritten when the case or the hash rule changes).
-    /// The values are HF's bf16 values either way; f32 storage spares the f32 tests a
-    /// conversion pass.
-    pub fn checkpoint_dir(&self, bf16: bool) -> PathBuf {
-        let name = format!("{}.{}", self.name, if bf16 { "bf16" } else { "f32" });
-        let dir = repo().join("target/full-width").join(name);
-        let stamp = format!(
-            "rule {HASH_RULE_VERSION}\n{}\n{:?}\n",
-            self.config_json, self.checkpoint
-        );
-        let stamp_file = dir.join("stamp");
-        // One writer per process; the folder is built beside its final name and renamed into
-        // place, so a reader never sees a half-written checkpoint.
-        static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-        if std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
-            return dir;
-        }
-        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        write_hashed_checkpoint(&tmp, &self.config_json, &self.checkpoint, bf16)
-            .unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-        std::fs::write(tmp.join("stamp"), stamp).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).unwrap();
-        dir
+    /// The case's checkpoint (bf16: the values HF ran on; f32 graphs widen them exactly),
+    /// written for this process under `target/scratch/` and removed with its last holder
+    /// (1–1.6 GB each).
+    pub fn checkpoint(&self) -> Arc<TempDir> {
+        scratch_checkpoint(&self.name, &self.config_json, &self.checkpoint)
     }
+}
+
+/// A counter-hash checkpoint (bf16) for this test process, under `target/scratch/`: written on
+/// first use, shared by the tests that hold it at the same time, and deleted when the last
+/// holder drops it, so a suite never keeps more than the checkpoints its running tests need
+/// on disk. Folders that a killed run left behind are swept on first use.
+pub fn scratch_checkpoint(
+    name: &str,
+    config_json: &str,
+    tensors: &[(String, Vec<usize>)],
+) -> Arc<TempDir> {
+    type Live = std::collections::HashMap<String, std::sync::Weak<TempDir>>;
+    static LIVE: std::sync::Mutex<Option<Live>> = std::sync::Mutex::new(None);
+    // One writer at a time: two tests asking for the same case wait for one copy.
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let root = repo().join("target/scratch");
+    let live = live.get_or_insert_with(|| {
+        sweep_dead(&root);
+        // What earlier versions cached (up to 9 GB).
+        let _ = std::fs::remove_dir_all(repo().join("target/full-width"));
+        Live::new()
+    });
+    if let Some(dir) = live.get(name).and_then(std::sync::Weak::upgrade) {
+        return dir;
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}-{name}-", std::process::id()))
+        .tempdir_in(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()));
+    write_hashed_checkpoint(dir.path(), config_json, tensors, true)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", dir.path().display()));
+    let dir = Arc::new(dir);
+    live.insert(name.to_string(), Arc::downgrade(&dir));
+    dir
+}
+
+/// Removes the folders under `root` named `PID-...` whose process is gone.
+fn sweep_dead(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name.to_str().and_then(|n| n.split('-').next());
+        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// A fresh temporary folder (under the system's temp dir) removed when dropped.
+pub fn tempdir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("phi3-neuron-{tag}-"))
+        .tempdir()
+        .expect("a temporary folder")
 }
 
 #[cfg(test)]
