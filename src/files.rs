@@ -39,19 +39,25 @@ pub fn temporary_path(path: &Path) -> io::Result<PathBuf> {
 /// Renames a fully written (and synced) temporary file into place, durably.
 pub fn commit(tmp: &Path, path: &Path) -> io::Result<()> {
     fs::rename(tmp, path)?;
-    // Make the rename itself durable (best effort: not every platform can open a folder).
-    if let Ok(d) = fs::File::open(path.parent().unwrap_or(Path::new("."))) {
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+/// Flushes a folder, making the renames into it durable (best effort: not every platform can
+/// open a folder, and that is not an error).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 /// Writes a set of files crash-safely and together: each goes to a temporary beside its
 /// target as soon as it is ready, a background thread flushes each to disk while the caller
-/// produces the next, and [`Stager::commit`] renames them all into place once every flush is
-/// done. The folder itself is not flushed: the caller's last write ([`write_atomic`], e.g. a
-/// manifest naming these files) flushes it once for all of them, and journaling file systems
-/// commit renames in order, so that last rename cannot outlive the ones before it.
+/// produces the next, and [`Stager::commit`] renames them all into place, in staging order,
+/// once every flush is done. The folder itself is not flushed: the caller flushes it once for
+/// all of them ([`sync_dir`], or a last [`write_atomic`]), and journaling file systems commit
+/// renames in order, so a last rename (a manifest naming the others) cannot outlive the ones
+/// before it.
 pub struct Stager {
     staged: Vec<(PathBuf, PathBuf)>,
     to_flush: Option<std::sync::mpsc::Sender<fs::File>>,

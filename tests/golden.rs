@@ -74,6 +74,12 @@ fn hlo_text_of_reference_graphs() {
                 GraphSpec::token_generation(1, 32, DType::F32),
             ] {
                 let built = build_graph(&cfg, &plan, &spec).unwrap();
+                // The build's own encoder (xla_proto::encode_module) must give prost's bytes.
+                assert!(
+                    built.bytes == prost::Message::encode_to_vec(&built.proto),
+                    "{name} tp {tp} {}: encode_module differs from prost",
+                    spec.name()
+                );
                 let file = root()
                     .join("golden")
                     .join(name)

@@ -35,6 +35,9 @@ pub mod xla {
 
 pub use xla::*;
 
+mod encode;
+pub use encode::encode_module;
+
 #[cfg(test)]
 mod tests {
     use super::*;

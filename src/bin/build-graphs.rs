@@ -7,7 +7,7 @@
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi3_neuron::build::manifest::{graph_entry, manifest, weights_table, GraphArtifact, SetInfo};
-use phi3_neuron::build::set::{write_graphs, write_manifest, WriteOptions};
+use phi3_neuron::build::set::{stage_graphs, write_manifest, WriteOptions};
 use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
@@ -445,7 +445,7 @@ fn run(args: Args) -> Result<(), String> {
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} graphs").expect("valid template"),
     );
-    let written = write_graphs(
+    let written = stage_graphs(
         model.as_ref(),
         &plan,
         &specs,
@@ -459,8 +459,8 @@ fn run(args: Args) -> Result<(), String> {
         &|| progress.inc(1),
     );
     progress.finish_and_clear();
-    let (built, files_per_graph): (Vec<BuiltGraph>, Vec<Vec<String>>) =
-        written.map_err(|e| e.to_string())?.into_iter().unzip();
+    let (written, staged) = written.map_err(|e| e.to_string())?;
+    let (built, files_per_graph): (Vec<BuiltGraph>, Vec<Vec<String>>) = written.into_iter().unzip();
     let flags: Vec<Vec<String>> = built
         .iter()
         .map(|b| {
@@ -469,9 +469,14 @@ fn run(args: Args) -> Result<(), String> {
                 .unwrap_or_else(|| default_compiler_flags(b.recorded.spec.kind, target))
         })
         .collect();
-    let compiled = match &compiler {
-        Some(cc) => Some(compile_graphs(cc, &args, &dir, &built, &flags)?),
-        None => None,
+    // The compiler reads the graph files, so they go into place first; otherwise the manifest
+    // is built while the files are still being flushed and goes in with them.
+    let (compiled, staged) = match &compiler {
+        Some(cc) => {
+            staged.commit().map_err(|e| e.to_string())?;
+            (Some(compile_graphs(cc, &args, &dir, &built, &flags)?), None)
+        }
+        None => (None, Some(staged)),
     };
     let mut entries = Vec::new();
     let mut failures = Vec::new();
@@ -527,7 +532,12 @@ fn run(args: Args) -> Result<(), String> {
         specs: &specs,
     };
     // The manifest goes last, so it never names a file that is not fully written.
-    write_manifest(&dir, &manifest(&set, weights, entries)).map_err(|e| e.to_string())?;
+    let manifest = manifest(&set, weights, entries);
+    match staged {
+        Some(staged) => staged.commit_with_manifest(&manifest),
+        None => write_manifest(&dir, &manifest),
+    }
+    .map_err(|e| e.to_string())?;
 
     println!(
         "{:<16} {:>7} {:>8} {:>11} {:>12} {:>9}",

@@ -17,7 +17,6 @@ use crate::manifest::InputRole;
 use crate::models::decoder::{BuildError, DecoderModel, GraphSpec, RecordedGraph};
 use crate::neuron::lint::{lint, Finding};
 use crate::parallel::ShardPlan;
-use prost::Message;
 use std::time::Instant;
 
 /// Why a graph set could not be built or written.
@@ -58,10 +57,12 @@ pub struct BuiltGraph {
 }
 
 impl BuiltGraph {
-    /// Frees the module and its bytes once written, keeping the summary (hash, size, stats).
+    /// Frees the module, its bytes and the IR graph's nodes once written, keeping the summary
+    /// (hash, size, stats) and what the manifest reads (signature, weights, aliases).
     pub fn drop_module(&mut self) {
         self.proto = Default::default();
         self.bytes = Vec::new();
+        self.recorded.graph.clear_nodes();
     }
 
     pub fn text(&self, tp: i64) -> String {
@@ -102,7 +103,7 @@ pub fn build_graph(
     let mut recorded = model.record(plan, spec)?;
     crate::ir::passes::optimize(&mut recorded.graph);
     let proto = lower_recorded(&recorded.graph)?;
-    let bytes = proto.encode_to_vec();
+    let bytes = xla_proto::encode_module(&proto);
     let build_ms = start.elapsed().as_secs_f64() * 1e3;
     let stats = module_stats(&proto);
     let findings = lint(&proto);

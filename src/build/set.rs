@@ -12,6 +12,9 @@ use crate::parallel::ShardPlan;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// Each built graph's summary with the names of its files, in spec order.
+pub type Written = Vec<(BuiltGraph, Vec<String>)>;
+
 /// Writes one built graph's files; returns their names (relative to the set's folder).
 pub type WriteFiles<'a> = dyn Fn(&BuiltGraph) -> Result<Vec<String>, SetError> + Sync + 'a;
 
@@ -25,7 +28,7 @@ pub fn build_all(
     jobs: Option<usize>,
     write: &WriteFiles<'_>,
     progress: &(dyn Fn() + Sync),
-) -> Result<Vec<(BuiltGraph, Vec<String>)>, SetError> {
+) -> Result<Written, SetError> {
     let jobs = jobs
         .unwrap_or_else(default_jobs)
         .clamp(1, specs.len().max(1));
@@ -132,12 +135,10 @@ pub struct WriteOptions {
     pub jobs: Option<usize>,
 }
 
-/// Writes every graph of `specs` into `dir` (each file to a temporary as soon as its graph is
-/// built; all flushed together and renamed into place once every graph is done), after
-/// taking away the folder's old `manifest.json` and any temporaries an interrupted run left:
-/// a manifest must only ever describe the files beside it, so an interrupted run leaves none.
-/// Returns each graph's summary and file names; the caller writes the manifest last
-/// ([`write_manifest`], which flushes the folder once for every rename).
+/// Writes every graph of `specs` into `dir` and renames the files into place once all are on
+/// disk ([`stage_graphs`] then [`StagedGraphs::commit`]). Returns each graph's summary and file
+/// names; the caller writes the manifest last ([`write_manifest`], which flushes the folder
+/// once for every rename).
 pub fn write_graphs(
     model: &dyn DecoderModel,
     plan: &ShardPlan,
@@ -145,7 +146,26 @@ pub fn write_graphs(
     dir: &std::path::Path,
     opts: WriteOptions,
     progress: &(dyn Fn() + Sync),
-) -> Result<Vec<(BuiltGraph, Vec<String>)>, SetError> {
+) -> Result<Written, SetError> {
+    let (built, staged) = stage_graphs(model, plan, specs, dir, opts, progress)?;
+    staged.commit()?;
+    Ok(built)
+}
+
+/// Builds every graph of `specs` and writes its files to temporaries in `dir` as soon as it is
+/// built, each flushed to disk in the background while the next graphs build, after taking
+/// away the folder's old `manifest.json` and any temporaries an interrupted run left: a
+/// manifest must only ever describe the files beside it, so an interrupted run leaves none.
+/// Nothing is in place until the returned [`StagedGraphs`] is committed; dropping it removes
+/// the temporaries.
+pub fn stage_graphs(
+    model: &dyn DecoderModel,
+    plan: &ShardPlan,
+    specs: &[GraphSpec],
+    dir: &std::path::Path,
+    opts: WriteOptions,
+    progress: &(dyn Fn() + Sync),
+) -> Result<(Written, StagedGraphs), SetError> {
     use crate::files::{remove_stale_temporaries, Stager};
     let io = |path: std::path::PathBuf| move |error| SetError::Write { path, error };
     remove_stale_temporaries(dir).map_err(io(dir.to_path_buf()))?;
@@ -155,9 +175,6 @@ pub fn write_graphs(
         _ => {}
     }
     let tp = plan.tp;
-    // Each file goes to its temporary as soon as its graph is built and is flushed in the
-    // background while the next graphs build; all are renamed into place after the last
-    // graph, and the manifest's write flushes the folder.
     let staged = Mutex::new(Stager::new());
     let write_files = |b: &BuiltGraph| -> Result<Vec<String>, SetError> {
         let name = b.recorded.spec.name();
@@ -187,13 +204,48 @@ pub fn write_graphs(
         Ok(files)
     };
     let built = build_all(model, plan, specs, opts.jobs, &write_files, progress);
-    let staged = staged.into_inner().expect("no panics under the lock");
+    let stager = staged.into_inner().expect("no panics under the lock");
     // On an error the stager is dropped, which removes its temporaries.
     let built = built?;
-    staged
-        .commit()
-        .map_err(|(path, error)| SetError::Write { path, error })?;
-    Ok(built)
+    Ok((
+        built,
+        StagedGraphs {
+            stager,
+            dir: dir.to_path_buf(),
+        },
+    ))
+}
+
+/// A set's graph files written to temporaries and being flushed (from [`stage_graphs`]).
+pub struct StagedGraphs {
+    stager: crate::files::Stager,
+    dir: std::path::PathBuf,
+}
+
+impl StagedGraphs {
+    /// Waits until every file is on disk and renames each into place. The folder is not
+    /// flushed: the manifest's write does that ([`write_manifest`]).
+    pub fn commit(self) -> Result<(), SetError> {
+        self.stager
+            .commit()
+            .map_err(|(path, error)| SetError::Write { path, error })
+    }
+
+    /// Stages `manifest` as the last file, waits until every file is on disk, renames the
+    /// graph files into place and then the manifest, and flushes the folder once. The
+    /// manifest is flushed beside the graphs instead of after them, and a crash at any point
+    /// leaves either no manifest or one whose files are all complete.
+    pub fn commit_with_manifest(mut self, manifest: &Manifest) -> Result<(), SetError> {
+        let path = self.dir.join("manifest.json");
+        self.stager
+            .stage(&path, manifest.to_json_pretty().as_bytes())
+            .map_err(|error| SetError::Write { path, error })?;
+        self.stager
+            .commit()
+            .map_err(|(path, error)| SetError::Write { path, error })?;
+        crate::files::sync_dir(&self.dir);
+        Ok(())
+    }
 }
 
 /// Writes `manifest` as `dir/manifest.json` (atomically).

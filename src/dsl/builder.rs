@@ -12,10 +12,13 @@ use crate::ir::{
 use std::cell::RefCell;
 use std::panic::Location;
 use std::rc::Rc;
+use std::sync::Arc;
 
 pub(crate) struct State {
     graph: Graph,
     scopes: Vec<String>,
+    /// `scopes` joined by `/`, shared by every node recorded in it.
+    path: Arc<str>,
     next_param: i64,
     finished: bool,
 }
@@ -34,7 +37,9 @@ pub struct ScopeGuard {
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        self.state.borrow_mut().scopes.pop();
+        let mut state = self.state.borrow_mut();
+        state.scopes.pop();
+        state.path = state.scopes.join("/").into();
     }
 }
 
@@ -74,6 +79,7 @@ impl GraphBuilder {
             state: Rc::new(RefCell::new(State {
                 graph: Graph::new(name),
                 scopes: Vec::new(),
+                path: "".into(),
                 next_param: 0,
                 finished: false,
             })),
@@ -83,14 +89,21 @@ impl GraphBuilder {
     /// Enters a named scope (e.g. `layers.3`, then `self_attn`) until the guard drops. The scope
     /// path (`model/layers.3/self_attn`) goes into errors and into HLO `OpMetadata.op_name`.
     pub fn scope(&self, name: impl Into<String>) -> ScopeGuard {
-        self.state.borrow_mut().scopes.push(name.into());
+        let mut state = self.state.borrow_mut();
+        state.scopes.push(name.into());
+        state.path = state.scopes.join("/").into();
+        drop(state);
         ScopeGuard {
             state: self.state.clone(),
         }
     }
 
     pub fn scope_path(&self) -> String {
-        self.state.borrow().scopes.join("/")
+        self.state.borrow().path.to_string()
+    }
+
+    fn shared_scope_path(&self) -> Arc<str> {
+        self.state.borrow().path.clone()
     }
 
     fn op_error(
@@ -107,17 +120,17 @@ impl GraphBuilder {
     #[track_caller]
     fn record_node(&self, op: Op, operands: &[(NodeId, Type)]) -> Result<(NodeId, Type), OpError> {
         let location = Location::caller();
-        let types: Vec<Type> = operands.iter().map(|(_, t)| t.clone()).collect();
+        let types = || operands.iter().map(|(_, t)| t.clone()).collect();
         if self.state.borrow().finished {
             let e = ShapeError::invalid("builder", "the graph was already finished");
-            return Err(self.op_error(op.name(), types, e, location));
+            return Err(self.op_error(op.name(), types(), e, location));
         }
-        let refs: Vec<&Type> = types.iter().collect();
+        let refs: Vec<&Type> = operands.iter().map(|(_, t)| t).collect();
         let ty = op
             .infer(&refs)
-            .map_err(|e| self.op_error(op.name(), types.clone(), e, location))?;
+            .map_err(|e| self.op_error(op.name(), types(), e, location))?;
         let provenance = Provenance {
-            scope: self.scope_path(),
+            scope: self.shared_scope_path(),
             file: location.file(),
             line: location.line(),
             column: location.column(),
@@ -281,7 +294,7 @@ impl GraphBuilder {
             )
         })?;
         let provenance = Provenance {
-            scope: self.scope_path(),
+            scope: self.shared_scope_path(),
             file: location.file(),
             line: location.line(),
             column: location.column(),

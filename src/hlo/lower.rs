@@ -39,7 +39,9 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
     }
     let mut m = ModuleEmitter::new();
     let mut entry = m.begin("main");
-    entry.reserve(g.node_count() + 16);
+    // Some ops lower to more than one instruction (a reduce adds its init constant); room
+    // for twice the nodes costs only address space, where growing would copy every one.
+    entry.reserve(2 * g.node_count() + 16);
     let mut values = vec![-1i64; g.index_bound()];
     // (number, shape, name) of each entry parameter, for the host program shape.
     let mut params = Vec::new();
@@ -61,8 +63,11 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
             source_line: p.line as i32,
             ..Default::default()
         });
-        for instr in entry.instructions_from(start) {
-            instr.metadata = metadata.clone();
+        if let Some((last, rest)) = entry.instructions_from(start).split_last_mut() {
+            for instr in rest {
+                instr.metadata = metadata.clone();
+            }
+            last.metadata = metadata;
         }
         if let Op::Parameter(param) = &node.op {
             params.push((param.number, shape_proto(&node.ty), param.name.clone()));

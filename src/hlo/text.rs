@@ -6,7 +6,7 @@
 //! `--xla_dump_large_constants` is set; we always print them).
 
 use half::{bf16, f16};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt::Write;
 use xla_proto::{
     HloComputationProto, HloInstructionProto, HloModuleProto, LiteralProto, PrimitiveType,
@@ -68,7 +68,7 @@ fn write_shape(out: &mut String, s: &ShapeProto, with_layout: bool) {
         if k > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{d}");
+        push_int(out, *d);
     }
     out.push(']');
     if with_layout && !s.dimensions.is_empty() {
@@ -79,7 +79,7 @@ fn write_shape(out: &mut String, s: &ShapeProto, with_layout: bool) {
                     if k > 0 {
                         out.push(',');
                     }
-                    let _ = write!(out, "{d}");
+                    push_int(out, *d);
                 }
             }
             _ => {
@@ -87,7 +87,7 @@ fn write_shape(out: &mut String, s: &ShapeProto, with_layout: bool) {
                     if k > 0 {
                         out.push(',');
                     }
-                    let _ = write!(out, "{d}");
+                    push_int(out, d);
                 }
             }
         }
@@ -125,6 +125,35 @@ fn join_indexed(parts: &[String]) -> String {
 }
 
 /// `{1,2,3}`, displayed without allocating.
+/// Appends `v` in decimal (the hot path of the printer: every dim, id and line number).
+fn push_int(out: &mut String, v: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// Appends `s` escaped as [`Escaped`] displays it.
+fn push_escaped(out: &mut String, s: &str) {
+    for_each_escaped(s, |piece| {
+        out.push_str(piece);
+        Ok(())
+    })
+    .expect("pushing to a String cannot fail");
+}
+
+/// Calls `emit` with `s` in pieces, `"`, `\` and newlines escaped.
+fn for_each_escaped(s: &str, mut emit: impl FnMut(&str) -> std::fmt::Result) -> std::fmt::Result {
+    let mut rest = s;
+    while let Some(at) = memchr::memchr3(b'"', b'\\', b'\n', rest.as_bytes()) {
+        emit(&rest[..at])?;
+        emit(match rest.as_bytes()[at] {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            _ => "\\n",
+        })?;
+        rest = &rest[at + 1..];
+    }
+    emit(rest)
+}
+
 struct List<'a>(&'a [i64]);
 
 impl std::fmt::Display for List<'_> {
@@ -134,7 +163,7 @@ impl std::fmt::Display for List<'_> {
             if k > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{d}")?;
+            f.write_str(itoa::Buffer::new().format(*d))?;
         }
         f.write_str("}")
     }
@@ -316,17 +345,7 @@ struct Escaped<'a>(&'a str);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut rest = self.0;
-        while let Some(at) = rest.find(['"', '\\', '\n']) {
-            f.write_str(&rest[..at])?;
-            f.write_str(match rest.as_bytes()[at] {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                _ => "\\n",
-            })?;
-            rest = &rest[at + 1..];
-        }
-        f.write_str(rest)
+        for_each_escaped(self.0, |piece| f.write_str(piece))
     }
 }
 
@@ -559,20 +578,23 @@ fn extra_attributes(a: &mut String, i: &HloInstructionProto, comp_names: &HashMa
         if fields {
             a.push_str(", metadata={");
             let mut space = "";
-            if !m.op_type.is_empty() {
-                let _ = write!(a, "op_type=\"{}\"", escape(&m.op_type));
-                space = " ";
-            }
-            if !m.op_name.is_empty() {
-                let _ = write!(a, "{space}op_name=\"{}\"", escape(&m.op_name));
-                space = " ";
-            }
-            if !m.source_file.is_empty() {
-                let _ = write!(a, "{space}source_file=\"{}\"", escape(&m.source_file));
-                space = " ";
+            for (key, value) in [
+                ("op_type=\"", &m.op_type),
+                ("op_name=\"", &m.op_name),
+                ("source_file=\"", &m.source_file),
+            ] {
+                if !value.is_empty() {
+                    a.push_str(space);
+                    a.push_str(key);
+                    push_escaped(a, value);
+                    a.push('"');
+                    space = " ";
+                }
             }
             if m.source_line != 0 {
-                let _ = write!(a, "{space}source_line={}", m.source_line);
+                a.push_str(space);
+                a.push_str("source_line=");
+                push_int(a, m.source_line);
             }
             a.push('}');
         }
@@ -605,9 +627,7 @@ fn write_instruction(
     out.push_str(&i.opcode);
     out.push('(');
     match i.opcode.as_str() {
-        "parameter" => {
-            let _ = write!(out, "{}", i.parameter_number);
-        }
+        "parameter" => push_int(out, i.parameter_number),
         "constant" => {
             if let Some(l) = &i.literal {
                 out.push_str(&literal_text(l));
@@ -635,13 +655,12 @@ fn instruction_post_order(c: &HloComputationProto) -> Vec<&HloInstructionProto> 
         .enumerate()
         .map(|(k, i)| (i.id, k))
         .collect();
-    let children = |k: usize| -> Vec<usize> {
+    let children = |k: usize| {
         let i = &c.instructions[k];
         i.operand_ids
             .iter()
             .chain(&i.control_predecessor_ids)
             .filter_map(|id| index.get(id).copied())
-            .collect()
     };
     let mut has_user = vec![false; c.instructions.len()];
     for k in 0..c.instructions.len() {
@@ -672,7 +691,9 @@ fn instruction_post_order(c: &HloComputationProto) -> Vec<&HloInstructionProto> 
                 State::New => {
                     state[k] = State::Visiting;
                     // Reversed, so that the first operand is visited first.
-                    stack.extend(children(k).into_iter().rev());
+                    let from = stack.len();
+                    stack.extend(children(k));
+                    stack[from..].reverse();
                 }
             }
         }
@@ -692,7 +713,7 @@ fn computation_post_order(m: &HloModuleProto) -> Vec<&HloComputationProto> {
         .flat_map(|c| &c.instructions)
         .flat_map(|i| i.called_computation_ids.iter().copied())
         .collect();
-    let mut added = HashSet::new();
+    let mut added = HashSet::default();
     let mut order = Vec::new();
     fn embed<'a>(
         c: &'a HloComputationProto,

@@ -128,7 +128,8 @@ impl CompEmitter<'_> {
         let id = self.m.fresh_id();
         let name = match name {
             Some(n) => self.m.unique_name(&n),
-            None => format!("{}.{id}", opcode.replace('-', "_")),
+            None if opcode.contains('-') => format!("{}.{id}", opcode.replace('-', "_")),
+            None => format!("{opcode}.{id}"),
         };
         let mut instr = HloInstructionProto {
             name,

@@ -4,7 +4,7 @@
 use super::ops::Op;
 use super::types::Type;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
-use petgraph::visit::{EdgeRef, NodeIndexable};
+use petgraph::visit::{EdgeRef, IntoEdgeReferences, NodeIndexable};
 use petgraph::Direction;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -30,7 +30,8 @@ impl fmt::Display for NodeId {
 /// HLO `OpMetadata`, so compiler logs point back to our code.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Provenance {
-    pub scope: String,
+    /// The HF module path (`model/layers.3/self_attn`), shared by the nodes recorded in it.
+    pub scope: std::sync::Arc<str>,
     pub file: &'static str,
     pub line: u32,
     pub column: u32,
@@ -89,6 +90,14 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// Frees every node (and the outputs naming them), keeping the name, aliases and
+    /// attributes: what a manifest still reads of a graph already lowered and written.
+    pub fn clear_nodes(&mut self) {
+        self.g = StableGraph::default();
+        self.seq = Vec::new();
+        self.outputs = Vec::new();
+    }
+
     pub fn new(name: impl Into<String>) -> Self {
         Graph {
             name: name.into(),
@@ -158,7 +167,7 @@ impl Graph {
     /// Every node, in insertion order.
     pub fn node_ids(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self.g.node_indices().map(NodeId).collect();
-        ids.sort_by_key(|n| self.seq[n.0.index()]);
+        ids.sort_unstable_by_key(|n| self.seq[n.0.index()]);
         ids
     }
 
@@ -180,6 +189,17 @@ impl Graph {
     /// insertion order for graphs the DSL records. Nodes on a cycle are left out, and the
     /// verifier reports them.
     pub fn topo_order(&self) -> Vec<NodeId> {
+        // Operands are recorded before their users, and a replacement points uses at an
+        // older node, so insertion order is almost always topological already; it is then
+        // also the order the heap below would give, at the cost of one pass over the edges.
+        let by_seq = self.node_ids();
+        let forward = self
+            .g
+            .edge_references()
+            .all(|e| self.seq[e.source().index()] < self.seq[e.target().index()]);
+        if forward {
+            return by_seq;
+        }
         let bound = self.g.node_bound();
         let mut indegree = vec![0usize; bound];
         let mut ready = BinaryHeap::new();

@@ -71,26 +71,37 @@ impl Pass for CommonSubexpressionElimination {
         "cse"
     }
     fn run(&self, g: &mut Graph) -> bool {
-        let mut seen: FxHashMap<(Op, Vec<NodeId>), NodeId> = FxHashMap::default();
-        let mut changed = false;
-        // Topological order: a node's operands are already canonical when it is visited.
-        for n in g.topo_order() {
-            let op = g.node(n).op.clone();
-            if op.is_cse_barrier() {
-                continue;
-            }
-            let key = (op, g.operands(n));
-            match seen.get(&key) {
-                Some(&canonical) => {
-                    g.replace_and_remove(n, canonical);
-                    changed = true;
+        let order = g.topo_order();
+        // First find each node's canonical equal (read-only, so ops are compared in place),
+        // then merge. Topological order: a node's operands are canonical when it is visited.
+        let mut merge: FxHashMap<NodeId, NodeId> = FxHashMap::default();
+        {
+            let mut seen: FxHashMap<(&Op, Vec<NodeId>), NodeId> = FxHashMap::default();
+            for &n in &order {
+                let op = &g.node(n).op;
+                if op.is_cse_barrier() {
+                    continue;
                 }
-                None => {
-                    seen.insert(key, n);
+                let mut operands = g.operands(n);
+                for o in &mut operands {
+                    *o = merge.get(o).copied().unwrap_or(*o);
+                }
+                match seen.entry((op, operands)) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        merge.insert(n, *e.get());
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(n);
+                    }
                 }
             }
         }
-        changed
+        for &n in &order {
+            if let Some(&canonical) = merge.get(&n) {
+                g.replace_and_remove(n, canonical);
+            }
+        }
+        !merge.is_empty()
     }
 }
 
