@@ -84,12 +84,8 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
             ));
             continue;
         }
-        let operand_types: Vec<Type> = g
-            .operands(id)
-            .iter()
-            .map(|&o| g.node(o).ty.clone())
-            .collect();
-        let refs: Vec<&Type> = operand_types.iter().collect();
+        let operands = g.operands(id);
+        let refs: Vec<&Type> = operands.iter().map(|&o| &g.node(o).ty).collect();
         match node.op.infer(&refs) {
             Err(e) => errors.push(node_err(id, format!("ill-typed {}: {e}", node.op.name()))),
             Ok(t) if t != node.ty => errors.push(node_err(

@@ -11,7 +11,7 @@
 //! [`Severity::Info`] (accepted; recorded so a reader sees which allow-listed forms a graph
 //! relies on). [`Finding::is_flagged`] is true for errors only.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use xla_proto::{
     HloComputationProto, HloInstructionProto, HloModuleProto, LiteralProto, PrimitiveType,
     ShapeProto,
@@ -854,7 +854,7 @@ pub fn lint(m: &HloModuleProto) -> Vec<Finding> {
             comp.instructions.iter().map(|i| (i.id, i)).collect();
         let mut ranges = Ranges {
             by_id: &by_id,
-            memo: HashMap::new(),
+            memo: HashMap::default(),
         };
         let is_entry = comp.id == m.entry_computation_id;
         let operand_type = |i: &HloInstructionProto, k: usize| {
@@ -871,7 +871,7 @@ pub fn lint(m: &HloModuleProto) -> Vec<Finding> {
             if let Some(shape) = &i.shape {
                 let mut types = Vec::new();
                 leaf_types(shape, &mut types);
-                let mut seen = HashSet::new();
+                let mut seen = HashSet::default();
                 for t in types {
                     if let Some((code, name)) = dtype_rule(t) {
                         if seen.insert(code) {

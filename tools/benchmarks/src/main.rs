@@ -610,13 +610,18 @@ fn run_all(a: &AllArgs) -> Result<(), String> {
         s(&["--model", "phi-3-mini-4k", "--tp", "8", "--jobs", "1"]),
     ];
     let graphs_out = a.out.join("graphs");
-    let tools: Vec<Vec<String>> = ["phi-3-mini-4k", "phi-3-medium-128k", "phi-4-mini"]
-        .iter()
-        .map(|m| {
-            let mut v = s(&["--model", m, "--tp", "8", "--format", "pb", "--out"]);
-            v.push(graphs_out.display().to_string());
-            v
-        })
+    // First the README's command as a newcomer runs it: no arguments (the default set, both
+    // formats, into target/graphs).
+    let tools: Vec<Vec<String>> = std::iter::once(Vec::new())
+        .chain(
+            ["phi-3-mini-4k", "phi-3-medium-128k", "phi-4-mini"]
+                .iter()
+                .map(|m| {
+                    let mut v = s(&["--model", m, "--tp", "8", "--format", "pb", "--out"]);
+                    v.push(graphs_out.display().to_string());
+                    v
+                }),
+        )
         .collect();
     let mut set_runs: Vec<Vec<ChildRun>> = sets.iter().map(|_| Vec::new()).collect();
     let mut tool_runs: Vec<Vec<ChildRun>> = tools.iter().map(|_| Vec::new()).collect();
@@ -652,7 +657,7 @@ fn run_all(a: &AllArgs) -> Result<(), String> {
         .zip(&tool_runs)
         .map(|(args, runs)| {
             json!({
-                "command": format!("target/release/build-graphs {}", args.join(" ")),
+                "command": format!("target/release/build-graphs {}", args.join(" ")).trim_end().to_string(),
                 "wall_ms": summary(&runs.iter().map(|r| r.wall_ms).collect::<Vec<_>>()),
                 "peak_rss_kib": opt_summary(&runs.iter().map(|r| r.rss_kib).collect::<Vec<_>>()),
                 "cpu_s": opt_summary(&runs.iter().map(|r| r.cpu_s).collect::<Vec<_>>()),
@@ -816,8 +821,9 @@ fn write_report(r: &Value, path: &Path) -> Result<(), String> {
     }
     let _ = writeln!(
         o,
-        "\nThe whole `build-graphs` process, writing the set's `.hlo.pb` files (each written to a \
-         temporary file, synced and renamed into place) and the manifest:\n\n| command | wall ms | CPU s | peak RSS MiB |\n|---|---|---|---:|"
+        "\nThe whole `build-graphs` process, fresh each run: with no arguments (the default set, \
+         `.hlo.pb` and `.hlo.txt`), then pb only at tp 8. Every file is written to a temporary, \
+         synced and renamed into place, the manifest last:\n\n| command | wall ms | CPU s | peak RSS MiB |\n|---|---|---|---:|"
     );
     for b in r["build_graphs"].as_array().into_iter().flatten() {
         let _ = writeln!(
