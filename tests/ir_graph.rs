@@ -166,3 +166,21 @@ fn topological_order_is_insertion_order() {
     assert_eq!(order, vec![x.id(), y.id(), c.id(), a.id(), s.id()]);
     assert_eq!(order, g.node_ids());
 }
+
+/// A replacement that points a use at a newer node makes insertion order non-topological;
+/// the order must still put every operand before its users.
+#[test]
+fn topological_order_survives_a_replacement_by_a_newer_node() {
+    let b = GraphBuilder::new("order");
+    let x = b.parameter("x", DType::F32, &[4]).unwrap();
+    let a = x.exp().unwrap();
+    let user = a.log().unwrap();
+    let newer = x.neg().unwrap();
+    let out = user.add(&newer).unwrap();
+    let mut g = b.finish(&[&out]).unwrap();
+    g.replace_and_remove(a.id(), newer.id());
+    let order = g.topo_order();
+    assert_eq!(order, vec![x.id(), newer.id(), user.id(), out.id()]);
+    assert_ne!(order, g.node_ids(), "insertion order is not topological here");
+    verify(&g).unwrap();
+}
