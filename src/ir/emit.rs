@@ -4,7 +4,6 @@
 //! module-level policy on top.
 
 use super::{ArrayType, DType, Literal, Type};
-use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashSet};
 use xla_proto::{
     HloComputationProto, HloInstructionProto, LayoutProto, PrimitiveType, ProgramShapeProto,
@@ -53,7 +52,6 @@ impl ModuleEmitter {
             id,
             instrs: Vec::new(),
             params: BTreeMap::new(),
-            types: FxHashMap::default(),
         }
     }
 
@@ -85,7 +83,6 @@ pub struct CompEmitter<'m> {
     id: i64,
     instrs: Vec<HloInstructionProto>,
     params: BTreeMap<i64, (String, xla_proto::ShapeProto)>,
-    types: FxHashMap<i64, Type>,
 }
 
 impl CompEmitter<'_> {
@@ -141,12 +138,19 @@ impl CompEmitter<'_> {
         };
         fill(&mut instr);
         self.instrs.push(instr);
-        self.types.insert(id, ty.clone());
         id
     }
 
-    pub fn type_of(&self, id: i64) -> &Type {
-        &self.types[&id]
+    /// The type of instruction `id` of this computation, read back from its shape.
+    pub fn type_of(&self, id: i64) -> Type {
+        let shape = self
+            .instrs
+            .iter()
+            .rev()
+            .find(|i| i.id == id)
+            .and_then(|i| i.shape.as_ref())
+            .expect("an instruction of this computation, with its shape");
+        type_of_shape(shape)
     }
 
     pub fn constant(&mut self, lit: &Literal) -> i64 {
@@ -176,7 +180,9 @@ impl CompEmitter<'_> {
 
     /// Closes the computation with `root` and returns its id.
     pub fn finish(self, root: i64) -> i64 {
-        let root_ty = self.types[&root].clone();
+        let root_shape = (self.instrs.iter().rev().find(|i| i.id == root))
+            .and_then(|i| i.shape.clone())
+            .expect("the root is an instruction of this computation");
         // XLA prints a computation's signature with its parameter instructions' names.
         let (names, shapes): (Vec<String>, Vec<_>) = self.params.into_values().unzip();
         let comp = HloComputationProto {
@@ -184,7 +190,7 @@ impl CompEmitter<'_> {
             instructions: self.instrs,
             program_shape: Some(ProgramShapeProto {
                 parameters: shapes,
-                result: Some(shape_proto(&root_ty)),
+                result: Some(root_shape),
                 parameter_names: names,
             }),
             id: self.id,
@@ -233,6 +239,22 @@ pub fn shape_proto_of_array(a: &ArrayType) -> ShapeProto {
             minor_to_major: (0..a.rank() as i64).rev().collect(),
         }),
         ..Default::default()
+    }
+}
+
+/// The inverse of [`shape_proto`].
+fn type_of_shape(s: &ShapeProto) -> Type {
+    let array = |s: &ShapeProto| {
+        let dtype = PrimitiveType::try_from(s.element_type)
+            .ok()
+            .and_then(DType::from_primitive_type)
+            .expect("emitted shapes have array element types");
+        ArrayType::new(dtype, s.dimensions.clone())
+    };
+    if s.element_type == PrimitiveType::Tuple as i32 {
+        Type::Tuple(s.tuple_shapes.iter().map(array).collect())
+    } else {
+        Type::Array(array(s))
     }
 }
 
