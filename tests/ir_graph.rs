@@ -181,6 +181,10 @@ fn topological_order_survives_a_replacement_by_a_newer_node() {
     g.replace_and_remove(a.id(), newer.id());
     let order = g.topo_order();
     assert_eq!(order, vec![x.id(), newer.id(), user.id(), out.id()]);
-    assert_ne!(order, g.node_ids(), "insertion order is not topological here");
+    assert_ne!(
+        order,
+        g.node_ids(),
+        "insertion order is not topological here"
+    );
     verify(&g).unwrap();
 }
