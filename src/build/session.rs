@@ -195,7 +195,7 @@ pub fn prepare_artifacts(
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(staging.join("graphs")).map_err(io(&staging))?;
     let specs = shape.specs(dtype, options);
-    let written = super::set::write_graphs(
+    let (written, staged) = super::set::stage_graphs(
         model.as_ref(),
         &plan,
         &specs,
@@ -208,6 +208,7 @@ pub fn prepare_artifacts(
         },
         &|| {},
     )?;
+    staged.commit()?;
     let built: Vec<&super::BuiltGraph> = written.iter().map(|(b, _)| b).collect();
     let weights = super::manifest::weights_table(&built)?;
     let entries = written

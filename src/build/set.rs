@@ -124,7 +124,7 @@ pub fn memory_set(
     Ok(MemorySet { manifest, protos })
 }
 
-/// What [`write_graphs`] writes per graph.
+/// What [`stage_graphs`] writes per graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteOptions {
     pub pb: bool,
@@ -135,29 +135,13 @@ pub struct WriteOptions {
     pub jobs: Option<usize>,
 }
 
-/// Writes every graph of `specs` into `dir` and renames the files into place once all are on
-/// disk ([`stage_graphs`] then [`StagedGraphs::commit`]). Returns each graph's summary and file
-/// names; the caller writes the manifest last ([`write_manifest`], which flushes the folder
-/// once for every rename).
-pub fn write_graphs(
-    model: &dyn DecoderModel,
-    plan: &ShardPlan,
-    specs: &[GraphSpec],
-    dir: &std::path::Path,
-    opts: WriteOptions,
-    progress: &(dyn Fn() + Sync),
-) -> Result<Written, SetError> {
-    let (built, staged) = stage_graphs(model, plan, specs, dir, opts, progress)?;
-    staged.commit()?;
-    Ok(built)
-}
-
 /// Builds every graph of `specs` and writes its files to temporaries in `dir` as soon as it is
 /// built, each flushed to disk in the background while the next graphs build, after taking
 /// away the folder's old `manifest.json` and any temporaries an interrupted run left: a
 /// manifest must only ever describe the files beside it, so an interrupted run leaves none.
-/// Nothing is in place until the returned [`StagedGraphs`] is committed; dropping it removes
-/// the temporaries.
+/// Nothing is in place until the returned [`StagedGraphs`] is committed
+/// ([`StagedGraphs::commit`], then [`write_manifest`]; or [`StagedGraphs::commit_with_manifest`]);
+/// dropping it removes the temporaries.
 pub fn stage_graphs(
     model: &dyn DecoderModel,
     plan: &ShardPlan,

@@ -192,13 +192,12 @@ impl Graph {
         // Operands are recorded before their users, and a replacement points uses at an
         // older node, so insertion order is almost always topological already; it is then
         // also the order the heap below would give, at the cost of one pass over the edges.
-        let by_seq = self.node_ids();
         let forward = self
             .g
             .edge_references()
             .all(|e| self.seq[e.source().index()] < self.seq[e.target().index()]);
         if forward {
-            return by_seq;
+            return self.node_ids();
         }
         let bound = self.g.node_bound();
         let mut indegree = vec![0usize; bound];
