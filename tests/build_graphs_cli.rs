@@ -431,11 +431,14 @@ fn options_are_deduplicated_checked_and_recorded() {
     assert_eq!(m["neuron_config"]["on_device_sampling"], true);
     let options = &m["graphs"][0]["options"];
     assert_eq!(options["fused_qkv"], false);
-    // bf16 (the default dtype): the cpu preset multiplies weight-first, keeps an f32 state
-    // and stores contractions from 4096 in f32.
+    // bf16 (the default dtype): the cpu preset multiplies weight-first, keeps an f32 state,
+    // stores contractions from 4096 in f32 and gathers single-row vectors.
     assert_eq!(options["linear"], "WeightFirst");
     assert_eq!(options["kv_dtype"], "F32");
     assert_eq!(options["f32_weights_from"], 4096);
+    assert_eq!(options["vector_operand"], "Gathered");
+    // Its prefill runs the last layer past attention on the last token only.
+    assert_eq!(options["prefill_tail"], "LastToken");
     assert_eq!(m["kv_state"]["dtype"], "f32");
     assert_eq!(options["decode_cache_write"], "DynamicUpdateSlice");
     // In-place decode rows are recorded on the token-generation graph, the contract a runtime

@@ -18,7 +18,7 @@ use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
     AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphOptions, GraphSpec, KvDtype, LinearForm,
-    Sampling,
+    PrefillTail, Sampling, VectorOperand,
 };
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
@@ -215,6 +215,13 @@ fn knobs_keep_the_numerics() {
                 ..default.clone()
             },
         ),
+        (
+            "the last layer of a prefill on the last token only",
+            GraphOptions {
+                prefill_tail: PrefillTail::LastToken,
+                ..default.clone()
+            },
+        ),
         ("the CPU preset", GraphOptions::cpu()),
         (
             "on-device greedy, gathered logits",
@@ -285,6 +292,94 @@ fn bf16_f32_result_dots_stay_close_to_hf() {
             &GraphOptions::cpu(),
         ] {
             check(f, 2, DType::BF16, 0.03, 8, options);
+        }
+    }
+}
+
+/// The bf16 cpu preset's gathered vector (`VectorOperand::Gathered`) is an identity that only
+/// single-row products take: the batch-1 decode graph gains one gather per bf16 projection and
+/// the batch-2 one none, and a prefill followed by 8 batch-1 decode steps (fed HF's greedy
+/// tokens) gives the logits of the direct form at every step to within 4 bf16 ulps of the
+/// largest logit. (The two forms sum the same f32 products in different orders, so a bf16
+/// activation now and then rounds the other way: the fixtures differ by up to 2 ulps after
+/// the prefill, whose logits are equal.) Prefill logits and tokens against HF: `check`, at tp
+/// 1 here and tp 2 above.
+#[test]
+fn bf16_gathered_vector_is_an_identity() {
+    use phi3_neuron::build::build_graph;
+    use phi3_neuron::run::{DecodeRow, PrefillRow, SamplerRow};
+
+    let gathered = GraphOptions::cpu_for(DType::BF16);
+    assert_eq!(gathered.vector_operand, VectorOperand::Gathered);
+    let direct = GraphOptions {
+        vector_operand: VectorOperand::Direct,
+        ..gathered.clone()
+    };
+    for f in FIXTURES {
+        let dir = fixture_dir(f);
+        let cfg = from_file(&dir.join("config.json")).unwrap();
+        let plan = cfg.plan(1).unwrap();
+        let gathers = |batch: i64, options: &GraphOptions| {
+            let spec =
+                GraphSpec::token_generation(batch, 64, DType::BF16).with_options(options.clone());
+            let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
+            built
+                .proto
+                .computations
+                .iter()
+                .flat_map(|c| &c.instructions)
+                .filter(|i| i.opcode == "gather")
+                .count()
+        };
+        assert!(
+            gathers(1, &gathered) > gathers(1, &direct),
+            "{f}: the batch-1 decode graph has no gathered vector"
+        );
+        assert_eq!(
+            gathers(2, &gathered),
+            gathers(2, &direct),
+            "{f}: batch 2 gathered a vector"
+        );
+
+        check(f, 1, DType::BF16, 0.03, 8, &gathered);
+        let c = &cases(f)[0];
+        let max_seq_len = (c.prompt.len() as i64 + 8 + 7) / 8 * 8;
+        let engines = [&direct, &gathered].map(|o| {
+            engine_from_checkpoint(&plugin(), &dir, 1, DType::BF16, max_seq_len, o.clone()).unwrap()
+        });
+        let mut states = engines.each_ref().map(|e| e.new_state().unwrap());
+        let greedy = SamplerRow::GREEDY;
+        for k in 0..=8 {
+            let outs: Vec<Vec<f32>> = engines
+                .iter()
+                .zip(states.iter_mut())
+                .map(|(e, state)| {
+                    let out = if k == 0 {
+                        let row = PrefillRow {
+                            seq_id: 0,
+                            tokens: &c.prompt,
+                            sampler: greedy,
+                        };
+                        e.prefill(state, &[row])
+                    } else {
+                        let row = DecodeRow {
+                            seq_id: 0,
+                            token: c.greedy[k - 1],
+                            position: c.prompt.len() + k - 1,
+                            sampler: greedy,
+                        };
+                        e.decode(state, &[row])
+                    };
+                    out.unwrap().remove(0).logits
+                })
+                .collect();
+            let scale = outs[0].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let diff = max_abs_diff(&outs[0], &outs[1]);
+            eprintln!("{f} step {k}: max |direct - gathered| {diff:e} (max |logit| {scale})");
+            assert!(
+                diff <= 4.0 * scale / 128.0,
+                "{f} step {k}: gathered logits differ from direct ones by {diff:e} (max |logit| {scale})"
+            );
         }
     }
 }

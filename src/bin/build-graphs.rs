@@ -12,7 +12,7 @@ use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
     AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, KvDtype, LinearForm, NormImpl, SamplerKernels, Sampling,
+    GraphSpec, KvDtype, LinearForm, NormImpl, PrefillTail, SamplerKernels, Sampling, VectorOperand,
 };
 use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
@@ -127,6 +127,16 @@ struct Args {
     /// slows down tenfold); 0: never.
     #[arg(long, value_name = "K")]
     f32_weights_from: Option<i64>,
+    /// bf16 single-row projections (batch-1 decode): direct (the vector from the ops that make
+    /// it; the neuron preset's) or gathered (through an identity gather, so that XLA:CPU
+    /// computes it once instead of once per weight row; the cpu preset's for bf16).
+    #[arg(long)]
+    vector_operand: Option<String>,
+    /// Prefill's last layer past its attention: all-tokens (as HF and NxD; the neuron
+    /// preset's) or last-token (o_proj and MLP on each sequence's last real token only, the
+    /// one whose logits the graph returns; the cpu preset's).
+    #[arg(long)]
+    prefill_tail: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -253,6 +263,16 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
             Some(0) => None,
             Some(k) => Some(k),
             None => base.f32_weights_from,
+        },
+        vector_operand: match &args.vector_operand {
+            Some(v) => [VectorOperand::Direct, VectorOperand::Gathered]
+                [pick("vector-operand", v, &["direct", "gathered"])?],
+            None => base.vector_operand,
+        },
+        prefill_tail: match &args.prefill_tail {
+            Some(v) => [PrefillTail::AllTokens, PrefillTail::LastToken]
+                [pick("prefill-tail", v, &["all-tokens", "last-token"])?],
+            None => base.prefill_tail,
         },
         kv_dtype: match &args.kv_dtype {
             Some(v) => [KvDtype::Model, KvDtype::F32][pick("kv-dtype", v, &["model", "f32"])?],

@@ -143,6 +143,8 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "decode_rows": format!("{:?}", o.decode_rows),
         "kv_dtype": format!("{:?}", o.kv_dtype),
         "f32_weights_from": o.f32_weights_from,
+        "vector_operand": format!("{:?}", o.vector_operand),
+        "prefill_tail": format!("{:?}", o.prefill_tail),
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }

@@ -14,6 +14,9 @@ pub struct TensorParallel {
     /// Low-precision matmuls produce f32 and round once after the bias (otherwise their
     /// result keeps the operands' dtype).
     pub f32_result: bool,
+    /// A low-precision projection of a single row takes its vector through an identity
+    /// gather (`GraphOptions::vector_operand`).
+    pub gather_vector: bool,
 }
 
 /// Operand order and weight layout of a projection `y = x · wᵀ` (`w` is HF's `[out, in]`).
@@ -45,6 +48,7 @@ impl TensorParallel {
             degree,
             linear: LinearForm::default(),
             f32_result: true,
+            gather_vector: false,
         }
     }
 
@@ -56,6 +60,22 @@ impl TensorParallel {
         TensorParallel { f32_result, ..self }
     }
 
+    pub fn with_gather_vector(self, gather_vector: bool) -> Self {
+        TensorParallel {
+            gather_vector,
+            ..self
+        }
+    }
+
+    /// How these ranks' projections multiply.
+    pub fn linear_options(&self) -> LinearOptions {
+        LinearOptions {
+            form: self.linear,
+            f32_result: self.f32_result,
+            gather_vector: self.gather_vector,
+        }
+    }
+
     pub fn groups(&self) -> ReplicaGroups {
         ReplicaGroups::all(self.degree)
     }
@@ -63,6 +83,15 @@ impl TensorParallel {
     pub fn is_parallel(&self) -> bool {
         self.degree > 1
     }
+}
+
+/// How one projection multiplies: operand order and weight layout, result type, and the
+/// single-row vector's path (see [`TensorParallel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearOptions {
+    pub form: LinearForm,
+    pub f32_result: bool,
+    pub gather_vector: bool,
 }
 
 /// `x · wᵀ` for a weight stored `[out, in]`: `[..., in] → [..., out]`. Low-precision inputs
@@ -76,32 +105,56 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, OpError> {
 /// [`linear`] in the given operand order; both orders compute the same values.
 #[track_caller]
 pub fn linear_as(x: &Tensor, weight: &Tensor, form: LinearForm) -> Result<Tensor, OpError> {
-    linear_with_bias(x, weight, None, form, true)
+    let options = LinearOptions {
+        form,
+        f32_result: true,
+        gather_vector: false,
+    };
+    linear_with_bias(x, weight, None, options)
 }
 
 /// `x · wᵀ + bias`. With low-precision inputs and `f32_result`, the dot produces f32 and the
 /// bias is added to that accumulation, so the result is rounded once (as PyTorch's CPU
 /// `addmm` does); without it, the dot's result keeps the operands' dtype (the form AWS's
 /// writers emit: Neuron accumulates in fp32 and rounds once either way) and the bias is
-/// added in that dtype.
+/// added in that dtype. With `gather_vector`, a low-precision product of a single row takes
+/// that row through an identity gather first ([`gathered_vector`]).
 #[track_caller]
 pub fn linear_with_bias(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    form: LinearForm,
-    f32_result: bool,
+    options: LinearOptions,
 ) -> Result<Tensor, OpError> {
+    let LinearOptions {
+        form,
+        f32_result,
+        gather_vector,
+    } = options;
     let r = x.rank() as i64;
+    let single_row = x.dims()[..x.rank() - 1].iter().product::<i64>() == 1;
+    let gather = gather_vector
+        && f32_result
+        && single_row
+        && matches!(x.dtype(), DType::BF16 | DType::F16)
+        && weight.dtype() == x.dtype();
     // A weight stored wider than the activations (f32 under bf16): widen x (exactly) and
-    // multiply in the weight's dtype, then round once, as the f32-result form does.
-    let widened;
-    let (x, out_dtype) = if weight.dtype() != x.dtype() {
-        widened = x.convert(weight.dtype())?;
-        (&widened, Some(x.dtype()))
+    // multiply in the weight's dtype, then round once, as the f32-result form does. A gathered
+    // vector is widened before its gather and multiplies the weight widened to f32 (XLA:CPU
+    // widens it inside the product either way): the same products and f32 sums as the
+    // f32-result dot, with no rounding of the vector left between the gather and the product.
+    let (x, weight, out_dtype) = if gather {
+        (
+            gathered_vector(&x.convert(DType::F32)?)?,
+            weight.convert(DType::F32)?,
+            Some(x.dtype()),
+        )
+    } else if weight.dtype() != x.dtype() {
+        (x.convert(weight.dtype())?, weight.clone(), Some(x.dtype()))
     } else {
-        (x, None)
+        (x.clone(), weight.clone(), None)
     };
+    let (x, weight) = (&x, &weight);
     let low_precision = f32_result && matches!(x.dtype(), DType::BF16 | DType::F16);
     let (lhs, rhs, dims) = match form {
         LinearForm::ActivationFirst => (
@@ -156,6 +209,19 @@ pub fn linear_with_bias(
     }
 }
 
+/// The same values as the single-row `x` (`[1, .., 1, n]`), through an identity gather
+/// (indices `0..n`): XLA:CPU never recomputes a gather's producers per use, so the vector is
+/// computed once into its own buffer, where its matrix-vector product would otherwise
+/// re-evaluate the element-wise ops that make it for every weight row
+/// (`GraphOptions::vector_operand`).
+#[track_caller]
+pub fn gathered_vector(x: &Tensor) -> Result<Tensor, OpError> {
+    let dims = x.dims().to_vec();
+    let n = dims[dims.len() - 1];
+    let ids = x.builder().iota(DType::S32, &[n], 0)?;
+    x.reshape(&[n, 1])?.take(&ids)?.reshape(&dims)
+}
+
 /// Column-parallel linear: each rank holds `out/t` rows of the weight and produces that slice
 /// of the output. With `gather_output`, an all-gather on the last dim rebuilds the full output.
 #[track_caller]
@@ -166,7 +232,7 @@ pub fn column_parallel_linear(
     gather_output: bool,
     tp: &TensorParallel,
 ) -> Result<Tensor, OpError> {
-    let y = linear_with_bias(x, weight_shard, bias_shard, tp.linear, tp.f32_result)?;
+    let y = linear_with_bias(x, weight_shard, bias_shard, tp.linear_options())?;
     if gather_output && tp.is_parallel() {
         y.all_gather(-1, &tp.groups())
     } else {
@@ -184,7 +250,7 @@ pub fn row_parallel_linear(
     bias: Option<&Tensor>,
     tp: &TensorParallel,
 ) -> Result<Tensor, OpError> {
-    let partial = linear_with_bias(x_shard, weight_shard, None, tp.linear, tp.f32_result)?;
+    let partial = linear_with_bias(x_shard, weight_shard, None, tp.linear_options())?;
     let y = if tp.is_parallel() {
         partial.all_reduce(ReduceKind::Sum, &tp.groups())?
     } else {

@@ -8,7 +8,7 @@ pub mod linear;
 pub mod plan;
 
 pub use linear::{
-    column_parallel_linear, linear, linear_as, linear_with_bias, parallel_embedding,
-    row_parallel_linear, LinearForm, TensorParallel,
+    column_parallel_linear, gathered_vector, linear, linear_as, linear_with_bias,
+    parallel_embedding, row_parallel_linear, LinearForm, LinearOptions, TensorParallel,
 };
 pub use plan::{DecoderSizes, KvStrategy, ShardPlan, ShardPlanError};

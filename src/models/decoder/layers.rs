@@ -4,7 +4,7 @@
 //! the checkpoint keys); these types only compute.
 
 use super::recorder::Recorder;
-use super::spec::NormImpl;
+use super::spec::{GraphKind, NormImpl, PrefillTail};
 use crate::dsl::nn::rms_norm;
 use crate::dsl::{DType, DotDims, OpError, Tensor};
 use crate::parallel::{column_parallel_linear, parallel_embedding, row_parallel_linear};
@@ -196,22 +196,58 @@ impl LmHead {
     }
 }
 
-/// Hidden state of the last real token per sequence: the first index holding the largest
-/// position id (prefill pads after the prompt), selected with a one-hot contraction.
-pub fn last_position(cx: &Recorder<'_>, h: &Tensor, pos: &Tensor) -> Result<Tensor, OpError> {
-    let (bsz, s, hidden) = (cx.spec.batch, cx.spec.seq_len, cx.plan.hidden);
-    if s == 1 {
-        return h.reshape(&[bsz, hidden]);
+/// Which rows of a prefill the layers carry: every token's, or from the last layer's attention
+/// output on only each sequence's last real token (`GraphOptions::prefill_tail`).
+pub struct KeptRows {
+    /// `[B, S]`: one-hot at each sequence's last real token.
+    selector: Tensor,
+}
+
+impl KeptRows {
+    /// For the last layer of `spec`'s graph: `Some` in a prefill under
+    /// [`PrefillTail::LastToken`] (nothing to cut otherwise).
+    pub fn for_last_layer(
+        cx: &Recorder<'_>,
+        pos: &Tensor,
+        dtype: DType,
+    ) -> Result<Option<KeptRows>, OpError> {
+        let spec = cx.spec;
+        if spec.kind != GraphKind::ContextEncoding
+            || spec.seq_len == 1
+            || spec.options.prefill_tail != PrefillTail::LastToken
+        {
+            return Ok(None);
+        }
+        let _s = cx.b.scope("last_position");
+        Ok(Some(KeptRows {
+            selector: last_token_selector(cx, pos, dtype)?,
+        }))
     }
+
+    /// `[B, S, ..]` → `[B, 1, ..]`: each sequence's last real token.
+    pub fn select(&self, t: &Tensor) -> Result<Tensor, OpError> {
+        let mut dims = t.dims().to_vec();
+        dims[1] = 1;
+        select_rows(&self.selector, t)?.reshape(&dims)
+    }
+}
+
+/// `[B, S]`, one-hot at each sequence's last real token: the first index holding the largest
+/// position id (prefill pads after the prompt), in `dtype`.
+fn last_token_selector(cx: &Recorder<'_>, pos: &Tensor, dtype: DType) -> Result<Tensor, OpError> {
+    let (bsz, s) = (cx.spec.batch, cx.spec.seq_len);
     let b = &cx.b;
-    let _s = b.scope("last_position");
     let idx = b.iota(DType::S32, &[bsz, s], 1)?;
     let max = pos.reduce_max(&[1])?.reshape(&[bsz, 1])?;
     let candidates = pos.eq(&max)?.select(&idx, &idx.scalar_like(s as f64)?)?;
     let last = candidates.reduce_min(&[1])?.reshape(&[bsz, 1])?;
-    let onehot = idx.eq(&last)?.convert(h.dtype())?;
-    onehot.dot_general(
-        h,
+    idx.eq(&last)?.convert(dtype)
+}
+
+/// `selector [B, S] · t [B, S, ..]` → `[B, ..]` (a one-hot contraction: exact).
+fn select_rows(selector: &Tensor, t: &Tensor) -> Result<Tensor, OpError> {
+    selector.dot_general(
+        t,
         DotDims {
             lhs_batch: vec![0],
             rhs_batch: vec![0],
@@ -219,4 +255,15 @@ pub fn last_position(cx: &Recorder<'_>, h: &Tensor, pos: &Tensor) -> Result<Tens
             rhs_contracting: vec![1],
         },
     )
+}
+
+/// Hidden state of the last real token per sequence, `[B, hidden]` (already that token's
+/// alone when the last layer kept only it, [`KeptRows`]).
+pub fn last_position(cx: &Recorder<'_>, h: &Tensor, pos: &Tensor) -> Result<Tensor, OpError> {
+    let (bsz, hidden) = (cx.spec.batch, cx.plan.hidden);
+    if h.dim(1) == 1 {
+        return h.reshape(&[bsz, hidden]);
+    }
+    let _s = cx.b.scope("last_position");
+    select_rows(&last_token_selector(cx, pos, h.dtype())?, h)
 }

@@ -20,7 +20,7 @@ pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
 pub use spec::{
     AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, KvDtype, LinearForm, NormImpl, SamplerKernels, Sampling,
+    GraphSpec, KvDtype, LinearForm, NormImpl, PrefillTail, SamplerKernels, Sampling, VectorOperand,
 };
 
 use crate::dsl::{DType, OpError, Tensor};
@@ -66,6 +66,19 @@ pub struct Inputs {
     pub position_ids: Tensor,
     /// `s32[B]`: the cache row of each batch row.
     pub seq_ids: Tensor,
+}
+
+/// What one decoder layer reads besides its hidden state and its cache: the same for every
+/// layer of a graph, except the rows the last layer of a prefill may keep.
+pub struct LayerInputs<'a> {
+    pub inputs: &'a Inputs,
+    /// The rotary tables `(cos, sin)`.
+    pub rope: (&'a Tensor, &'a Tensor),
+    /// The attention mask ([`attention::attention_mask`]).
+    pub mask: &'a Tensor,
+    /// The last layer of a prefill under `PrefillTail::LastToken`: the rows it carries past
+    /// its attention.
+    pub keep: Option<&'a layers::KeptRows>,
 }
 
 /// The top module of a causal LM (`*ForCausalLM`): from token ids and positions to the logits

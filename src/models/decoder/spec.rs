@@ -46,6 +46,37 @@ pub enum CacheWrite {
     DynamicUpdateSlice,
 }
 
+/// How a low-precision projection of a single row (batch-1 decode, the last prompt position's
+/// logits) receives its activation vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum VectorOperand {
+    /// The vector straight from the ops that compute it (the RMSNorm, the attention output).
+    #[default]
+    Direct,
+    /// The vector through an identity gather (indices `0..n`) first: the same values. XLA:CPU
+    /// turns a bf16 matrix-vector product into one loop fusion that widens the weight as it
+    /// reads it, and pulls cheap element-wise producers of the vector into that fusion, where
+    /// they are recomputed for every output row: the RMSNorm before `qkv_proj` cost 4× the
+    /// product (3072 → 9216: 4.2 GB/s of weights, against 16.7 with the vector computed once;
+    /// docs/decode-performance.md). A gather is one of the ops XLA does not re-evaluate per
+    /// use, so the vector is computed once, into its own buffer.
+    Gathered,
+}
+
+/// What a prefill's last decoder layer computes past its attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PrefillTail {
+    /// Every token, as HF and NxD run it; the last token is picked after the final layer.
+    #[default]
+    AllTokens,
+    /// Only each sequence's last real token: the last layer still projects Q/K/V and attends
+    /// for every token (its K and V go into the cache), then keeps the attention output of
+    /// the last token alone, so its `o_proj`, MLP and residuals run on one row per sequence.
+    /// Nothing else reads the other rows (the graph returns the last token's logits), so the
+    /// logits are the same up to summation order. llama.cpp skips these rows the same way.
+    LastToken,
+}
+
 /// The element type of the KV state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KvDtype {
@@ -153,6 +184,10 @@ pub struct GraphOptions {
     /// In bf16/f16 graphs, store a projection weight in f32 when its contraction (the input
     /// features per rank) is at least this long; `None`: never.
     pub f32_weights_from: Option<i64>,
+    /// How a low-precision single-row projection receives its activation vector.
+    pub vector_operand: VectorOperand,
+    /// What a prefill's last layer computes past its attention.
+    pub prefill_tail: PrefillTail,
 }
 
 impl GraphOptions {
@@ -160,8 +195,9 @@ impl GraphOptions {
     /// bf16): per-sequence dynamic-update-slice cache
     /// writes, `[in, out]` weights multiplied as `x · W`, and decode rows that are the state's
     /// rows (no gather of the cache; measured beside JAX in BENCHMARKS.md and
-    /// docs/decode-performance.md). The
-    /// defaults stay NxD's forms for Neuron until neuronx-cc has compared them.
+    /// docs/decode-performance.md), and a prefill whose last layer runs its MLP on the last
+    /// token only ([`PrefillTail::LastToken`]). The defaults stay NxD's forms for Neuron until
+    /// neuronx-cc has compared them.
     pub fn cpu() -> Self {
         GraphOptions {
             decode_cache_write: CacheWrite::DynamicUpdateSlice,
@@ -170,6 +206,7 @@ impl GraphOptions {
             dot_result: DotResult::F32,
             gqa_dot: GqaDot::Grouped,
             decode_rows: DecodeRows::InPlace,
+            prefill_tail: PrefillTail::LastToken,
             ..GraphOptions::default()
         }
     }
@@ -198,6 +235,9 @@ impl GraphOptions {
     /// the contraction reaches 4096 (3584 → 3072: 1.3 ms; 4096 → 3072: 25 ms; 8192 → 3072,
     /// Phi-3-mini's `down_proj`: 46 ms, where f32 takes 3.9 ms), so such weights are stored in
     /// f32 (`f32_weights_from`), at twice their memory (258 → 97 ms in the 4-layer model).
+    /// Single-row products take their vector through an identity gather
+    /// ([`VectorOperand::Gathered`]), so that XLA computes the RMSNorm once rather than once per
+    /// weight row.
     pub fn cpu_for(dtype: crate::dsl::DType) -> Self {
         match dtype {
             crate::dsl::DType::F32 => GraphOptions::cpu(),
@@ -205,6 +245,7 @@ impl GraphOptions {
                 linear: LinearForm::WeightFirst,
                 kv_dtype: KvDtype::F32,
                 f32_weights_from: Some(4096),
+                vector_operand: VectorOperand::Gathered,
                 ..GraphOptions::cpu()
             },
         }
@@ -239,6 +280,8 @@ impl Default for GraphOptions {
             decode_rows: DecodeRows::Gathered,
             kv_dtype: KvDtype::Model,
             f32_weights_from: None,
+            vector_operand: VectorOperand::Direct,
+            prefill_tail: PrefillTail::AllTokens,
         }
     }
 }

@@ -14,11 +14,11 @@ use crate::dsl::nn::silu;
 use crate::dsl::{OpError, Tensor};
 use crate::models::decoder::attention::{attention_mask, cached_attention};
 use crate::models::decoder::layers::{
-    last_position, ColumnLinear, Embedding, GateUpProjection, LmHead, Logits, QkvProjection,
-    RmsNorm, RowLinear,
+    last_position, ColumnLinear, Embedding, GateUpProjection, KeptRows, LmHead, Logits,
+    QkvProjection, RmsNorm, RowLinear,
 };
 use crate::models::decoder::rope::{inverse_frequencies, Frequencies, RotaryEmbedding};
-use crate::models::decoder::{part, BuildError, CausalLm, Inputs, KvCache, Recorder};
+use crate::models::decoder::{part, BuildError, CausalLm, Inputs, KvCache, LayerInputs, Recorder};
 
 /// `Phi3RotaryEmbedding`: plain or LongRoPE, over `rotary_dim` channels (partial rotary).
 pub struct Phi3RotaryEmbedding(RotaryEmbedding);
@@ -101,14 +101,18 @@ impl Phi3Attention {
         &self,
         cx: &Recorder<'_>,
         x: &Tensor,
-        rope: (&Tensor, &Tensor),
         cache: &KvCache,
-        inputs: &Inputs,
-        mask: &Tensor,
+        li: &LayerInputs<'_>,
     ) -> Result<(Tensor, KvCache), OpError> {
         let names = ["qkv_proj", "q_proj", "k_proj", "v_proj"];
         let (q, k, v) = self.qkv.forward(cx, x, names)?;
-        let (ctx, cache) = cached_attention(cx, &q, &k, &v, rope, cache, inputs, mask, self.scale)?;
+        let (ctx, cache) = cached_attention(
+            cx, &q, &k, &v, li.rope, cache, li.inputs, li.mask, self.scale,
+        )?;
+        let ctx = match li.keep {
+            Some(rows) => rows.select(&ctx)?,
+            None => ctx,
+        };
         let _p = cx.b.scope("o_proj");
         Ok((self.o_proj.forward(cx, &ctx)?, cache))
     }
@@ -186,10 +190,8 @@ impl Phi3DecoderLayer {
         &self,
         cx: &Recorder<'_>,
         hidden: &Tensor,
-        rope: (&Tensor, &Tensor),
         cache: &KvCache,
-        inputs: &Inputs,
-        mask: &Tensor,
+        li: &LayerInputs<'_>,
     ) -> Result<(Tensor, KvCache), OpError> {
         let b = &cx.b;
         let x = {
@@ -198,7 +200,11 @@ impl Phi3DecoderLayer {
         };
         let (attn_out, cache) = {
             let _s = b.scope("self_attn");
-            self.self_attn.forward(cx, &x, rope, cache, inputs, mask)?
+            self.self_attn.forward(cx, &x, cache, li)?
+        };
+        let hidden = match li.keep {
+            Some(rows) => rows.select(hidden)?,
+            None => hidden.clone(),
         };
         let hidden = hidden.add(&attn_out)?;
         let x = {
@@ -266,10 +272,18 @@ impl Phi3Model {
             let _s = b.scope("mask");
             attention_mask(cx, pos, self.sliding_window)?
         };
+        // The last layer of a prefill may carry only the rows the logits need.
+        let kept = KeptRows::for_last_layer(cx, pos, hidden.dtype())?;
         let mut new_caches = Vec::with_capacity(self.layers.len());
         for (l, (layer, cache)) in self.layers.iter().zip(caches).enumerate() {
             let _s = b.scope(format!("layers.{l}"));
-            let (h, c) = layer.forward(cx, &hidden, (&cos, &sin), cache, inputs, &mask)?;
+            let li = LayerInputs {
+                inputs,
+                rope: (&cos, &sin),
+                mask: &mask,
+                keep: kept.as_ref().filter(|_| l + 1 == self.layers.len()),
+            };
+            let (h, c) = layer.forward(cx, &hidden, cache, &li)?;
             hidden = h;
             new_caches.push(c);
         }
