@@ -81,6 +81,47 @@ pub struct LayerInputs<'a> {
     pub keep: Option<&'a layers::KeptRows>,
 }
 
+/// One decoder layer (`*DecoderLayer`): the hidden state and the layer's cache in, both
+/// updated out.
+pub trait DecoderLayer {
+    fn forward(
+        &self,
+        cx: &Recorder<'_>,
+        hidden: &Tensor,
+        cache: &KvCache,
+        li: &LayerInputs<'_>,
+    ) -> Result<(Tensor, KvCache), OpError>;
+}
+
+/// Runs `layers` in order, each under its Hugging Face scope (`layers.{l}`), the last one of
+/// a prefill keeping only the rows the logits need ([`layers::KeptRows`]). Returns the last
+/// hidden state and every layer's updated cache.
+pub fn run_layers<L: DecoderLayer>(
+    cx: &Recorder<'_>,
+    layers: &[L],
+    mut hidden: Tensor,
+    caches: &[KvCache],
+    inputs: &Inputs,
+    rope: (&Tensor, &Tensor),
+    mask: &Tensor,
+) -> Result<(Tensor, Vec<KvCache>), OpError> {
+    let kept = layers::KeptRows::for_last_layer(cx, &inputs.position_ids, hidden.dtype())?;
+    let mut new_caches = Vec::with_capacity(layers.len());
+    for (l, (layer, cache)) in layers.iter().zip(caches).enumerate() {
+        let _s = cx.b.scope(format!("layers.{l}"));
+        let li = LayerInputs {
+            inputs,
+            rope,
+            mask,
+            keep: kept.as_ref().filter(|_| l + 1 == layers.len()),
+        };
+        let (h, c) = layer.forward(cx, &hidden, cache, &li)?;
+        hidden = h;
+        new_caches.push(c);
+    }
+    Ok((hidden, new_caches))
+}
+
 /// The top module of a causal LM (`*ForCausalLM`): from token ids and positions to the logits
 /// of each sequence's last position, updating the caches.
 pub trait CausalLm {

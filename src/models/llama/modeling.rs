@@ -12,13 +12,15 @@ use crate::dsl::nn::silu;
 use crate::dsl::{OpError, Tensor};
 use crate::models::decoder::attention::{attention_mask, cached_attention};
 use crate::models::decoder::layers::{
-    last_position, ColumnLinear, Embedding, GateUpProjection, KeptRows, LmHead, Logits,
-    QkvProjection, RmsNorm, RowLinear,
+    last_position, ColumnLinear, Embedding, GateUpProjection, LmHead, Logits, QkvProjection,
+    RmsNorm, RowLinear,
 };
 use crate::models::decoder::rope::{
     inverse_frequencies, llama3_inverse_frequencies, Frequencies, RotaryEmbedding,
 };
-use crate::models::decoder::{part, BuildError, CausalLm, Inputs, KvCache, LayerInputs, Recorder};
+use crate::models::decoder::{
+    part, run_layers, BuildError, CausalLm, DecoderLayer, Inputs, KvCache, LayerInputs, Recorder,
+};
 use crate::weights::{ShardRule, WeightPart};
 
 /// `LlamaRotaryEmbedding`: plain RoPE or Llama 3's frequency scaling, over the whole head.
@@ -225,8 +227,10 @@ impl LlamaDecoderLayer {
             mlp: LlamaMLP::new(cx, cfg, &format!("{p}.mlp"))?,
         })
     }
+}
 
-    pub fn forward(
+impl DecoderLayer for LlamaDecoderLayer {
+    fn forward(
         &self,
         cx: &Recorder<'_>,
         hidden: &Tensor,
@@ -300,7 +304,7 @@ impl LlamaModel {
         let b = &cx.b;
         let pos = &inputs.position_ids;
         let _m = b.scope("model");
-        let mut hidden = {
+        let hidden = {
             let _s = b.scope("embed_tokens");
             self.embed_tokens.forward(cx, &inputs.input_ids)?
         };
@@ -309,21 +313,15 @@ impl LlamaModel {
             let _s = b.scope("mask");
             attention_mask(cx, pos, None)?
         };
-        // The last layer of a prefill may carry only the rows the logits need.
-        let kept = KeptRows::for_last_layer(cx, pos, hidden.dtype())?;
-        let mut new_caches = Vec::with_capacity(self.layers.len());
-        for (l, (layer, cache)) in self.layers.iter().zip(caches).enumerate() {
-            let _s = b.scope(format!("layers.{l}"));
-            let li = LayerInputs {
-                inputs,
-                rope: (&cos, &sin),
-                mask: &mask,
-                keep: kept.as_ref().filter(|_| l + 1 == self.layers.len()),
-            };
-            let (h, c) = layer.forward(cx, &hidden, cache, &li)?;
-            hidden = h;
-            new_caches.push(c);
-        }
+        let (hidden, new_caches) = run_layers(
+            cx,
+            &self.layers,
+            hidden,
+            caches,
+            inputs,
+            (&cos, &sin),
+            &mask,
+        )?;
         let last = last_position(cx, &hidden, pos)?;
         let _n = b.scope("norm");
         Ok((self.norm.forward(cx, &last)?, new_caches))

@@ -14,11 +14,13 @@ use crate::dsl::nn::silu;
 use crate::dsl::{OpError, Tensor};
 use crate::models::decoder::attention::{attention_mask, cached_attention};
 use crate::models::decoder::layers::{
-    last_position, ColumnLinear, Embedding, GateUpProjection, KeptRows, LmHead, Logits,
-    QkvProjection, RmsNorm, RowLinear,
+    last_position, ColumnLinear, Embedding, GateUpProjection, LmHead, Logits, QkvProjection,
+    RmsNorm, RowLinear,
 };
 use crate::models::decoder::rope::{inverse_frequencies, Frequencies, RotaryEmbedding};
-use crate::models::decoder::{part, BuildError, CausalLm, Inputs, KvCache, LayerInputs, Recorder};
+use crate::models::decoder::{
+    part, run_layers, BuildError, CausalLm, DecoderLayer, Inputs, KvCache, LayerInputs, Recorder,
+};
 
 /// `Phi3RotaryEmbedding`: plain or LongRoPE, over `rotary_dim` channels (partial rotary).
 pub struct Phi3RotaryEmbedding(RotaryEmbedding);
@@ -185,8 +187,10 @@ impl Phi3DecoderLayer {
             mlp: Phi3MLP::new(cx, cfg, &format!("{p}.mlp"))?,
         })
     }
+}
 
-    pub fn forward(
+impl DecoderLayer for Phi3DecoderLayer {
+    fn forward(
         &self,
         cx: &Recorder<'_>,
         hidden: &Tensor,
@@ -263,7 +267,7 @@ impl Phi3Model {
         let b = &cx.b;
         let pos = &inputs.position_ids;
         let _m = b.scope("model");
-        let mut hidden = {
+        let hidden = {
             let _s = b.scope("embed_tokens");
             self.embed_tokens.forward(cx, &inputs.input_ids)?
         };
@@ -272,21 +276,15 @@ impl Phi3Model {
             let _s = b.scope("mask");
             attention_mask(cx, pos, self.sliding_window)?
         };
-        // The last layer of a prefill may carry only the rows the logits need.
-        let kept = KeptRows::for_last_layer(cx, pos, hidden.dtype())?;
-        let mut new_caches = Vec::with_capacity(self.layers.len());
-        for (l, (layer, cache)) in self.layers.iter().zip(caches).enumerate() {
-            let _s = b.scope(format!("layers.{l}"));
-            let li = LayerInputs {
-                inputs,
-                rope: (&cos, &sin),
-                mask: &mask,
-                keep: kept.as_ref().filter(|_| l + 1 == self.layers.len()),
-            };
-            let (h, c) = layer.forward(cx, &hidden, cache, &li)?;
-            hidden = h;
-            new_caches.push(c);
-        }
+        let (hidden, new_caches) = run_layers(
+            cx,
+            &self.layers,
+            hidden,
+            caches,
+            inputs,
+            (&cos, &sin),
+            &mask,
+        )?;
         let last = last_position(cx, &hidden, pos)?;
         let _n = b.scope("norm");
         Ok((self.norm.forward(cx, &last)?, new_caches))
