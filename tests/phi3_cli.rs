@@ -68,6 +68,7 @@ fn logits_and_generate_print_the_json_contract() {
         .fold(0.0, f64::max);
     assert!(diff <= 1e-4, "{diff}");
 
+    let cache = testkit::tempdir("phi3-cli-cache");
     let out = phi3(&[
         "generate",
         "--model",
@@ -76,6 +77,8 @@ fn logits_and_generate_print_the_json_contract() {
         &prompt,
         "--max-new-tokens",
         "16",
+        "--cache",
+        cache.path().to_str().unwrap(),
     ]);
     assert!(
         out.status.success(),
@@ -84,6 +87,33 @@ fn logits_and_generate_print_the_json_contract() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tokens"], case["greedy_16"]);
+    // The set it built for this short request: a 128-position cache in buckets from 32.
+    let manifests: Vec<PathBuf> = walk(cache.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "manifest.json"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifests[0]).unwrap()).unwrap();
+    assert_eq!(
+        m["buckets"]["context_encoding"],
+        serde_json::json!([32, 64, 128]),
+        "{}",
+        m["buckets"]
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]

@@ -364,7 +364,9 @@ fn generate(g: Generate) -> Result<String, String> {
             if rows < 1 {
                 return Err(format!("--max-batch-size must be at least 1, got {rows}"));
             }
-            // A cache long enough for the longest request, in power-of-two buckets from 128.
+            // A cache long enough for the longest request (at least 128 positions), in
+            // power-of-two buckets from 32: on CPU a prefill costs its bucket's length, so a
+            // short prompt in a 128 bucket paid four times its work before the first token.
             let limit = cfg.max_position_embeddings() as i64;
             let longest = pending
                 .iter()
@@ -384,7 +386,7 @@ fn generate(g: Generate) -> Result<String, String> {
             let max_seq_len = (longest.max(128) as u64)
                 .next_power_of_two()
                 .min(limit as u64) as i64;
-            let auto: Vec<i64> = (7..)
+            let auto: Vec<i64> = (5..)
                 .map(|i| 1i64 << i)
                 .take_while(|&b| b < max_seq_len)
                 .chain([max_seq_len])
