@@ -210,10 +210,10 @@ pub fn linear_with_bias(
 }
 
 /// The same values as the single-row `x` (`[1, .., 1, n]`), through an identity gather
-/// (indices `0..n`): XLA:CPU never recomputes a gather's producers per use, so the vector is
-/// computed once into its own buffer, where its matrix-vector product would otherwise
-/// re-evaluate the element-wise ops that make it for every weight row
-/// (`GraphOptions::vector_operand`).
+/// (indices `0..n`). XLA:CPU counts a gather as expensive and does not fuse it into a consumer
+/// that reads each element many times, so the vector is computed once into its own buffer;
+/// otherwise a matrix-vector product fuses the element-wise ops that make the vector and
+/// evaluates them again for every weight row (`GraphOptions::vector_operand`).
 #[track_caller]
 pub fn gathered_vector(x: &Tensor) -> Result<Tensor, OpError> {
     let dims = x.dims().to_vec();

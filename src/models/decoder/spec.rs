@@ -58,8 +58,9 @@ pub enum VectorOperand {
     /// reads it, and pulls cheap element-wise producers of the vector into that fusion, where
     /// they are recomputed for every output row: the RMSNorm before `qkv_proj` cost 4× the
     /// product (3072 → 9216: 4.2 GB/s of weights, against 16.7 with the vector computed once;
-    /// docs/decode-performance.md). A gather is one of the ops XLA does not re-evaluate per
-    /// use, so the vector is computed once, into its own buffer.
+    /// docs/decode-performance.md). XLA counts a gather as expensive and does not fuse it into
+    /// a consumer that reads each element many times, so the vector is computed once, into its
+    /// own buffer (and, widened to f32 before the gather, leaves no rounding in the product).
     Gathered,
 }
 
