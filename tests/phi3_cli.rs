@@ -88,10 +88,13 @@ fn logits_and_generate_print_the_json_contract() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tokens"], case["greedy_16"]);
     // The set it built for this short request: a 128-position cache in buckets from 32.
-    let manifests: Vec<PathBuf> = walk(cache.path())
-        .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n == "manifest.json"))
-        .collect();
+    let named = |name: &str| -> Vec<PathBuf> {
+        walk(cache.path())
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == name))
+            .collect()
+    };
+    let manifests = named("manifest.json");
     assert_eq!(manifests.len(), 1, "{manifests:?}");
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifests[0]).unwrap()).unwrap();
@@ -100,6 +103,33 @@ fn logits_and_generate_print_the_json_contract() {
         serde_json::json!([32, 64, 128]),
         "{}",
         m["buckets"]
+    );
+    // Another set shape (two cache rows) is another set with the same weights: the cache keeps
+    // one sharded copy of them.
+    let out = phi3(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &prompt,
+        "--max-new-tokens",
+        "16",
+        "--max-batch-size",
+        "2",
+        "--cache",
+        cache.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(named("manifest.json").len(), 2);
+    assert_eq!(
+        named("tp0.safetensors").len(),
+        1,
+        "{:?}",
+        walk(cache.path())
     );
 }
 

@@ -4,6 +4,7 @@
 
 use super::set::memory_set;
 use crate::ir::DType;
+use crate::manifest::Manifest;
 use crate::models::decoder::{BuildError, GraphOptions, GraphSpec};
 use crate::models::{from_file, ConfigError};
 use crate::neuron::Target;
@@ -27,6 +28,8 @@ pub enum SessionError {
     Weights(#[from] WeightsError),
     #[error("{0}")]
     Run(#[from] RunError),
+    #[error("{0}")]
+    Manifest(#[from] crate::manifest::ManifestError),
 }
 
 /// The buckets and batch sizes of a set.
@@ -149,11 +152,14 @@ fn checkpoint_identity(model_dir: &Path) -> Result<String, SessionError> {
     Ok(id)
 }
 
-/// Builds the set `shape` for `model_dir` and shards its weights into `cache_root/<key>/`,
-/// where the key hashes the config, the checkpoint's files, the tensor-parallel degree, the
-/// dtype, the set's shape and knobs, and this tool's version; a later call with the same
-/// inputs reuses them. The entry is built in a temporary folder and renamed into place, so an
-/// interrupted run leaves nothing half-written under the key.
+/// Builds the set `shape` for `model_dir` into `cache_root/<key>/graphs`, where the key hashes
+/// the config, the checkpoint's files, the tensor-parallel degree, the dtype, the set's shape
+/// and knobs, and this tool's version, and shards its weights into
+/// `cache_root/weights-<key>/`, keyed by the config, the checkpoint, the degree and the set's
+/// weight table only: sets that differ in buckets or graph forms but not in their weights
+/// share one copy (9 GB for real-size Phi-3-mini). A later call with the same inputs reuses
+/// both. Each entry is built in a temporary folder and renamed into place, so an interrupted
+/// run leaves nothing half-written under a key.
 pub fn prepare_artifacts(
     model_dir: &Path,
     tp: i64,
@@ -169,23 +175,41 @@ pub fn prepare_artifacts(
     })?;
     let model = from_file(&config_path)?;
     let plan = model.plan(tp)?;
+    let checkpoint = checkpoint_identity(model_dir)?;
+    // "layout 2": sets and weights in separate entries (earlier entries held both).
     let key = crate::files::sha256_hex(
         format!(
-            "{}\n{}\n{tp}\n{dtype}\n{shape:?}\n{options:?}\n{}",
+            "layout 2\n{}\n{checkpoint}\n{tp}\n{dtype}\n{shape:?}\n{options:?}\n{}",
             String::from_utf8_lossy(&config),
-            checkpoint_identity(model_dir)?,
             env!("CARGO_PKG_VERSION"),
         )
         .as_bytes(),
     );
     let entry = cache_root.join(&key[..32]);
-    let done = |e: &Path| Artifacts {
-        graphs: e.join("graphs"),
-        weights: e.join("weights"),
-        built: false,
+    // The sharded weights depend only on the checkpoint and the set's weight table (names,
+    // shapes, dtypes, layouts, shard rules), not on its buckets or forms: every set with the
+    // same table shares one copy.
+    let weights_dir = |weights: &[crate::weights::WeightDecl]| {
+        let table = serde_json::to_string(weights).expect("weight declarations serialise");
+        let wkey = crate::files::sha256_hex(
+            format!(
+                "{}\n{checkpoint}\n{tp}\n{table}",
+                String::from_utf8_lossy(&config)
+            )
+            .as_bytes(),
+        );
+        cache_root.join(format!("weights-{}", &wkey[..32]))
     };
-    if entry.join("graphs/manifest.json").is_file() {
-        return Ok(done(&entry));
+    let manifest_path = entry.join("graphs/manifest.json");
+    if manifest_path.is_file() {
+        let manifest = Manifest::read(&manifest_path)?;
+        let weights = weights_dir(&manifest.weights);
+        let built = ensure_weights(model_dir, &manifest, tp, &weights)?;
+        return Ok(Artifacts {
+            graphs: entry.join("graphs"),
+            weights,
+            built,
+        });
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -237,24 +261,53 @@ pub fn prepare_artifacts(
         specs: &specs,
     };
     let manifest = super::manifest::manifest(&set, weights, entries);
-    let ckpt = Checkpoint::open(model_dir)?;
-    crate::weights::write_rank_files(
-        &ckpt,
-        &manifest.weights,
-        tp as usize,
-        &staging.join("weights"),
-    )?;
+    let weights = weights_dir(&manifest.weights);
+    ensure_weights(model_dir, &manifest, tp, &weights)?;
     super::set::write_manifest(&staging.join("graphs"), &manifest)?;
-    match std::fs::rename(&staging, &entry) {
-        Ok(()) => {}
-        // Another run finished the same entry first: use it.
-        Err(_) if entry.join("graphs/manifest.json").is_file() => {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        Err(e) => return Err(io(&entry)(e).into()),
-    }
+    publish(&staging, &entry, "graphs/manifest.json")?;
     Ok(Artifacts {
+        graphs: entry.join("graphs"),
+        weights,
         built: true,
-        ..done(&entry)
     })
+}
+
+/// Writes every rank's file of `manifest`'s weights into `dir` unless an earlier run has:
+/// staged next to it and renamed into place, so `dir` exists only complete. True when it
+/// wrote them.
+fn ensure_weights(
+    model_dir: &Path,
+    manifest: &Manifest,
+    tp: i64,
+    dir: &Path,
+) -> Result<bool, SessionError> {
+    let last_file = crate::weights::rank_file_name(tp as usize - 1);
+    let last = dir.join(&last_file);
+    if last.is_file() {
+        return Ok(false);
+    }
+    let name = dir.file_name().expect("a cache entry").to_string_lossy();
+    let staging = dir.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let ckpt = Checkpoint::open(model_dir)?;
+    crate::weights::write_rank_files(&ckpt, &manifest.weights, tp as usize, &staging)?;
+    publish(&staging, dir, &last_file)?;
+    Ok(true)
+}
+
+/// Renames the finished `staging` folder to `entry`; when another run got there first (its
+/// `marker` exists), keeps that one and drops ours.
+fn publish(staging: &Path, entry: &Path, marker: &str) -> Result<(), SessionError> {
+    match std::fs::rename(staging, entry) {
+        Ok(()) => Ok(()),
+        Err(_) if entry.join(marker).is_file() => {
+            let _ = std::fs::remove_dir_all(staging);
+            Ok(())
+        }
+        Err(error) => Err(super::SetError::Write {
+            path: entry.to_path_buf(),
+            error,
+        }
+        .into()),
+    }
 }
