@@ -69,24 +69,25 @@ fn logits_and_generate_print_the_json_contract() {
     assert!(diff <= 1e-4, "{diff}");
 
     let cache = testkit::tempdir("phi3-cli-cache");
-    let out = phi3(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        &prompt,
-        "--max-new-tokens",
-        "16",
-        "--cache",
-        cache.path().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["tokens"], case["greedy_16"]);
+    let generate = |rows: &str| -> serde_json::Value {
+        let out = phi3(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            &prompt,
+            "--max-new-tokens",
+            "16",
+            "--max-batch-size",
+            rows,
+            "--cache",
+            cache.path().to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(generate("1")["tokens"], case["greedy_16"]);
     // The set it built for this short request: a 128-position cache in buckets from 32.
     let named = |name: &str| -> Vec<PathBuf> {
         walk(cache.path())
@@ -106,31 +107,10 @@ fn logits_and_generate_print_the_json_contract() {
     );
     // Another set shape (two cache rows) is another set with the same weights: the cache keeps
     // one sharded copy of them.
-    let out = phi3(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        &prompt,
-        "--max-new-tokens",
-        "16",
-        "--max-batch-size",
-        "2",
-        "--cache",
-        cache.path().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(generate("2")["tokens"], case["greedy_16"]);
     assert_eq!(named("manifest.json").len(), 2);
-    assert_eq!(
-        named("tp0.safetensors").len(),
-        1,
-        "{:?}",
-        walk(cache.path())
-    );
+    let files = walk(cache.path());
+    assert_eq!(named("tp0.safetensors").len(), 1, "{files:?}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
