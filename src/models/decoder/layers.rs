@@ -257,11 +257,11 @@ fn select_rows(selector: &Tensor, t: &Tensor) -> Result<Tensor, OpError> {
     )
 }
 
-/// Hidden state of the last real token per sequence, `[B, hidden]` (already that token's
-/// alone when the last layer kept only it, [`KeptRows`]).
+/// Hidden state of the last real token per sequence, `[B, hidden]`: the first index holding
+/// the largest position id, selected with a one-hot contraction.
 pub fn last_position(cx: &Recorder<'_>, h: &Tensor, pos: &Tensor) -> Result<Tensor, OpError> {
-    let (bsz, hidden) = (cx.spec.batch, cx.plan.hidden);
-    if h.dim(1) == 1 {
+    let (bsz, s, hidden) = (cx.spec.batch, cx.spec.seq_len, cx.plan.hidden);
+    if s == 1 {
         return h.reshape(&[bsz, hidden]);
     }
     let _s = cx.b.scope("last_position");

@@ -93,9 +93,10 @@ pub trait DecoderLayer {
     ) -> Result<(Tensor, KvCache), OpError>;
 }
 
-/// Runs `layers` in order, each under its Hugging Face scope (`layers.{l}`), the last one of
-/// a prefill keeping only the rows the logits need ([`layers::KeptRows`]). Returns the last
-/// hidden state and every layer's updated cache.
+/// Runs `layers` in order under the causal attention mask (with `window`, a sliding window),
+/// each under its Hugging Face scope (`layers.{l}`); the last one of a prefill may keep only
+/// the rows the logits need ([`layers::KeptRows`]). Returns each sequence's last-position
+/// hidden state `[B, hidden]` (before the final norm) and every layer's updated cache.
 pub fn run_layers<L: DecoderLayer>(
     cx: &Recorder<'_>,
     layers: &[L],
@@ -103,23 +104,33 @@ pub fn run_layers<L: DecoderLayer>(
     caches: &[KvCache],
     inputs: &Inputs,
     rope: (&Tensor, &Tensor),
-    mask: &Tensor,
+    window: Option<usize>,
 ) -> Result<(Tensor, Vec<KvCache>), OpError> {
-    let kept = layers::KeptRows::for_last_layer(cx, &inputs.position_ids, hidden.dtype())?;
+    let pos = &inputs.position_ids;
+    let mask = {
+        let _s = cx.b.scope("mask");
+        attention::attention_mask(cx, pos, window)?
+    };
+    let kept = layers::KeptRows::for_last_layer(cx, pos, hidden.dtype())?;
     let mut new_caches = Vec::with_capacity(layers.len());
     for (l, (layer, cache)) in layers.iter().zip(caches).enumerate() {
         let _s = cx.b.scope(format!("layers.{l}"));
         let li = LayerInputs {
             inputs,
             rope,
-            mask,
+            mask: &mask,
             keep: kept.as_ref().filter(|_| l + 1 == layers.len()),
         };
         let (h, c) = layer.forward(cx, &hidden, cache, &li)?;
         hidden = h;
         new_caches.push(c);
     }
-    Ok((hidden, new_caches))
+    let last = match kept {
+        // Already each sequence's last position alone.
+        Some(_) => hidden.reshape(&[cx.spec.batch, cx.plan.hidden])?,
+        None => layers::last_position(cx, &hidden, pos)?,
+    };
+    Ok((last, new_caches))
 }
 
 /// The top module of a causal LM (`*ForCausalLM`): from token ids and positions to the logits

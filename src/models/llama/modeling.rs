@@ -10,10 +10,9 @@
 use super::config::{LlamaConfig, LlamaRope};
 use crate::dsl::nn::silu;
 use crate::dsl::{OpError, Tensor};
-use crate::models::decoder::attention::{attention_mask, cached_attention};
+use crate::models::decoder::attention::cached_attention;
 use crate::models::decoder::layers::{
-    last_position, ColumnLinear, Embedding, GateUpProjection, LmHead, Logits, QkvProjection,
-    RmsNorm, RowLinear,
+    ColumnLinear, Embedding, GateUpProjection, LmHead, Logits, QkvProjection, RmsNorm, RowLinear,
 };
 use crate::models::decoder::rope::{
     inverse_frequencies, llama3_inverse_frequencies, Frequencies, RotaryEmbedding,
@@ -309,20 +308,8 @@ impl LlamaModel {
             self.embed_tokens.forward(cx, &inputs.input_ids)?
         };
         let (cos, sin) = self.rotary_emb.forward(cx, pos)?;
-        let mask = {
-            let _s = b.scope("mask");
-            attention_mask(cx, pos, None)?
-        };
-        let (hidden, new_caches) = run_layers(
-            cx,
-            &self.layers,
-            hidden,
-            caches,
-            inputs,
-            (&cos, &sin),
-            &mask,
-        )?;
-        let last = last_position(cx, &hidden, pos)?;
+        let rope = (&cos, &sin);
+        let (last, new_caches) = run_layers(cx, &self.layers, hidden, caches, inputs, rope, None)?;
         let _n = b.scope("norm");
         Ok((self.norm.forward(cx, &last)?, new_caches))
     }

@@ -12,10 +12,9 @@
 use super::config::{Phi3Config, RopeScaling};
 use crate::dsl::nn::silu;
 use crate::dsl::{OpError, Tensor};
-use crate::models::decoder::attention::{attention_mask, cached_attention};
+use crate::models::decoder::attention::cached_attention;
 use crate::models::decoder::layers::{
-    last_position, ColumnLinear, Embedding, GateUpProjection, LmHead, Logits, QkvProjection,
-    RmsNorm, RowLinear,
+    ColumnLinear, Embedding, GateUpProjection, LmHead, Logits, QkvProjection, RmsNorm, RowLinear,
 };
 use crate::models::decoder::rope::{inverse_frequencies, Frequencies, RotaryEmbedding};
 use crate::models::decoder::{
@@ -272,20 +271,16 @@ impl Phi3Model {
             self.embed_tokens.forward(cx, &inputs.input_ids)?
         };
         let (cos, sin) = self.rotary_emb.forward(cx, pos)?;
-        let mask = {
-            let _s = b.scope("mask");
-            attention_mask(cx, pos, self.sliding_window)?
-        };
-        let (hidden, new_caches) = run_layers(
+        let rope = (&cos, &sin);
+        let (last, new_caches) = run_layers(
             cx,
             &self.layers,
             hidden,
             caches,
             inputs,
-            (&cos, &sin),
-            &mask,
+            rope,
+            self.sliding_window,
         )?;
-        let last = last_position(cx, &hidden, pos)?;
         let _n = b.scope("norm");
         Ok((self.norm.forward(cx, &last)?, new_caches))
     }
