@@ -155,8 +155,8 @@ fn checkpoint_identity(model_dir: &Path) -> Result<String, SessionError> {
 /// Builds the set `shape` for `model_dir` into `cache_root/<key>/graphs`, where the key hashes
 /// the config, the checkpoint's files, the tensor-parallel degree, the dtype, the set's shape
 /// and knobs, and this tool's version, and shards its weights into
-/// `cache_root/weights-<key>/`, keyed by the config, the checkpoint, the degree and the set's
-/// weight table only: sets that differ in buckets or graph forms but not in their weights
+/// `cache_root/weights-<key>/`, keyed by the config, the checkpoint, the degree, the set's
+/// weight table and this tool's version only: sets that differ in buckets or graph forms but not in their weights
 /// share one copy (9 GB for real-size Phi-3-mini). A later call with the same inputs reuses
 /// both. Each entry is built in a temporary folder and renamed into place, so an interrupted
 /// run leaves nothing half-written under a key.
@@ -193,8 +193,9 @@ pub fn prepare_artifacts(
         let table = serde_json::to_string(weights).expect("weight declarations serialise");
         let wkey = crate::files::sha256_hex(
             format!(
-                "{}\n{checkpoint}\n{tp}\n{table}",
-                String::from_utf8_lossy(&config)
+                "{}\n{checkpoint}\n{tp}\n{table}\n{}",
+                String::from_utf8_lossy(&config),
+                env!("CARGO_PKG_VERSION"),
             )
             .as_bytes(),
         );
@@ -211,13 +212,8 @@ pub fn prepare_artifacts(
             built,
         });
     }
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |error| super::SetError::Write { path, error }
-    };
-    let staging = cache_root.join(format!(".{}.tmp.{}", &key[..32], std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(staging.join("graphs")).map_err(io(&staging))?;
+    let staging = staging_for(&entry)?;
+    std::fs::create_dir_all(staging.join("graphs")).map_err(write_error(&staging))?;
     let specs = shape.specs(dtype, options);
     let (written, staged) = super::set::stage_graphs(
         model.as_ref(),
@@ -286,28 +282,32 @@ fn ensure_weights(
     if last.is_file() {
         return Ok(false);
     }
-    let name = dir.file_name().expect("a cache entry").to_string_lossy();
-    let staging = dir.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
+    let staging = staging_for(dir)?;
     let ckpt = Checkpoint::open(model_dir)?;
     crate::weights::write_rank_files(&ckpt, &manifest.weights, tp as usize, &staging)?;
     publish(&staging, dir, &last_file)?;
     Ok(true)
 }
 
-/// Renames the finished `staging` folder to `entry`; when another run got there first (its
-/// `marker` exists), keeps that one and drops ours.
+/// A fresh temporary folder name beside the cache entry `entry`, to build it in.
+fn staging_for(entry: &Path) -> Result<std::path::PathBuf, SessionError> {
+    Ok(crate::files::temporary_path(entry).map_err(write_error(entry))?)
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> super::SetError {
+    let path = path.to_path_buf();
+    move |error| super::SetError::Write { path, error }
+}
+
+/// Renames the finished `staging` folder to `entry` (durably); when another run got there
+/// first (its `marker` exists), keeps that one and drops ours.
 fn publish(staging: &Path, entry: &Path, marker: &str) -> Result<(), SessionError> {
-    match std::fs::rename(staging, entry) {
+    match crate::files::commit(staging, entry) {
         Ok(()) => Ok(()),
         Err(_) if entry.join(marker).is_file() => {
             let _ = std::fs::remove_dir_all(staging);
             Ok(())
         }
-        Err(error) => Err(super::SetError::Write {
-            path: entry.to_path_buf(),
-            error,
-        }
-        .into()),
+        Err(error) => Err(write_error(entry)(error).into()),
     }
 }
