@@ -12,7 +12,7 @@
 
 use super::recorder::Recorder;
 use super::spec::{CacheWrite, DecodeRows, GqaDot, GraphKind};
-use super::Inputs;
+use super::{Inputs, LayerInputs};
 use crate::dsl::nn::{apply_rotary, softmax_f32};
 use crate::dsl::{DType, DotDims, GatherDims, OpError, ScatterCombiner, ScatterDims, Tensor};
 
@@ -237,19 +237,17 @@ pub struct KvCache {
 
 /// What every decoder attention does once its projections are done: rotate Q and K, write
 /// K and V into the cache, and attend (within the prompt for prefill, over the bucket's
-/// prefix of the updated cache rows for decode). Returns the context and the updated cache.
-#[allow(clippy::too_many_arguments)]
+/// prefix of the updated cache rows for decode). Returns the context (only the kept rows',
+/// when the layer keeps some: [`LayerInputs::keep`]) and the updated cache.
 pub fn cached_attention(
     cx: &Recorder<'_>,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    (cos, sin): (&Tensor, &Tensor),
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
     cache: &KvCache,
-    inputs: &Inputs,
-    allowed: &Tensor,
+    li: &LayerInputs<'_>,
     scale: f64,
 ) -> Result<(Tensor, KvCache), OpError> {
+    let (cos, sin) = li.rope;
+    let (inputs, allowed) = (li.inputs, li.mask);
     let q = apply_rotary(q, cos, sin)?;
     let k = apply_rotary(k, cos, sin)?;
     // A wider state (KvDtype::F32) takes the rows widened, exactly.
@@ -269,5 +267,5 @@ pub fn cached_attention(
             attend(cx, &q, (&keys, &values), allowed, scale)?
         }
     };
-    Ok((ctx, new))
+    Ok((li.kept(&ctx)?, new))
 }

@@ -81,6 +81,17 @@ pub struct LayerInputs<'a> {
     pub keep: Option<&'a layers::KeptRows>,
 }
 
+impl LayerInputs<'_> {
+    /// `t [B, S, ..]` as the layer carries it on: each sequence's last token alone when the
+    /// layer keeps only that row, otherwise unchanged.
+    pub fn kept(&self, t: &Tensor) -> Result<Tensor, OpError> {
+        match self.keep {
+            Some(rows) => rows.select(t),
+            None => Ok(t.clone()),
+        }
+    }
+}
+
 /// One decoder layer (`*DecoderLayer`): the hidden state and the layer's cache in, both
 /// updated out.
 pub trait DecoderLayer {

@@ -107,13 +107,7 @@ impl Phi3Attention {
     ) -> Result<(Tensor, KvCache), OpError> {
         let names = ["qkv_proj", "q_proj", "k_proj", "v_proj"];
         let (q, k, v) = self.qkv.forward(cx, x, names)?;
-        let (ctx, cache) = cached_attention(
-            cx, &q, &k, &v, li.rope, cache, li.inputs, li.mask, self.scale,
-        )?;
-        let ctx = match li.keep {
-            Some(rows) => rows.select(&ctx)?,
-            None => ctx,
-        };
+        let (ctx, cache) = cached_attention(cx, (&q, &k, &v), cache, li, self.scale)?;
         let _p = cx.b.scope("o_proj");
         Ok((self.o_proj.forward(cx, &ctx)?, cache))
     }
@@ -205,11 +199,7 @@ impl DecoderLayer for Phi3DecoderLayer {
             let _s = b.scope("self_attn");
             self.self_attn.forward(cx, &x, cache, li)?
         };
-        let hidden = match li.keep {
-            Some(rows) => rows.select(hidden)?,
-            None => hidden.clone(),
-        };
-        let hidden = hidden.add(&attn_out)?;
+        let hidden = li.kept(hidden)?.add(&attn_out)?;
         let x = {
             let _n = b.scope("post_attention_layernorm");
             self.post_attention_layernorm.forward(cx, &hidden)?
