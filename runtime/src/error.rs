@@ -60,6 +60,10 @@ pub enum Error {
         is_null: bool,
     },
 
+    /// The plugin does not provide an extension (or an extension's entry point) we need.
+    #[error("PJRT plugin {path} lacks {what}")]
+    MissingExtension { path: PathBuf, what: &'static str },
+
     /// Compile options rejected in Rust. The plugin aborts the process on some bad options
     /// (e.g. `num_replicas = 0`), so they must never reach it.
     #[error("invalid compile options: {0}")]

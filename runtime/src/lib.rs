@@ -33,6 +33,7 @@ mod client;
 mod element_type;
 mod error;
 mod executable;
+pub mod ffi;
 mod plugin;
 
 /// Raw bindgen output for `pjrt_c_api.h` (see the file header for its provenance). Exposed for
