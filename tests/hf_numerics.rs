@@ -18,7 +18,7 @@ use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
     AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphOptions, GraphSpec, KvDtype, LinearForm,
-    PrefillTail, Sampling, VectorOperand,
+    Matvec, PrefillTail, Sampling, VectorOperand,
 };
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
@@ -307,7 +307,6 @@ fn bf16_f32_result_dots_stay_close_to_hf() {
 #[test]
 fn bf16_gathered_vector_is_an_identity() {
     use phi3_neuron::build::build_graph;
-    use phi3_neuron::run::{DecodeRow, PrefillRow, SamplerRow};
 
     let gathered = GraphOptions::cpu_for(DType::BF16);
     assert_eq!(gathered.vector_operand, VectorOperand::Gathered);
@@ -342,45 +341,115 @@ fn bf16_gathered_vector_is_an_identity() {
         );
 
         check(f, 1, DType::BF16, 0.03, 8, &gathered);
-        let c = &cases(f)[0];
-        let max_seq_len = (c.prompt.len() as i64 + 8 + 7) / 8 * 8;
-        let engines = [&direct, &gathered].map(|o| {
-            engine_from_checkpoint(&plugin(), &dir, 1, DType::BF16, max_seq_len, o.clone()).unwrap()
-        });
-        let mut states = engines.each_ref().map(|e| e.new_state().unwrap());
-        let greedy = SamplerRow::GREEDY;
-        for k in 0..=8 {
-            let outs: Vec<Vec<f32>> = engines
-                .iter()
-                .zip(states.iter_mut())
-                .map(|(e, state)| {
-                    let out = if k == 0 {
-                        let row = PrefillRow {
-                            seq_id: 0,
-                            tokens: &c.prompt,
-                            sampler: greedy,
-                        };
-                        e.prefill(state, &[row])
-                    } else {
-                        let row = DecodeRow {
-                            seq_id: 0,
-                            token: c.greedy[k - 1],
-                            position: c.prompt.len() + k - 1,
-                            sampler: greedy,
-                        };
-                        e.decode(state, &[row])
+        same_logits_stepwise(f, [&direct, &gathered], 4.0);
+    }
+}
+
+/// Runs fixture `f`'s first prompt, then 8 batch-1 decode steps fed HF's greedy tokens, in two
+/// engines of the given options (tp 1, bf16), and checks that their logits differ by at most
+/// `ulps` bf16 ulps of the largest logit at every step.
+fn same_logits_stepwise(f: &str, options: [&GraphOptions; 2], ulps: f32) {
+    use phi3_neuron::run::{DecodeRow, PrefillRow, SamplerRow};
+
+    let dir = fixture_dir(f);
+    let c = &cases(f)[0];
+    let max_seq_len = (c.prompt.len() as i64 + 8 + 7) / 8 * 8;
+    let engines = options.map(|o| {
+        engine_from_checkpoint(&plugin(), &dir, 1, DType::BF16, max_seq_len, o.clone()).unwrap()
+    });
+    let mut states = engines.each_ref().map(|e| e.new_state().unwrap());
+    let greedy = SamplerRow::GREEDY;
+    for k in 0..=8 {
+        let outs: Vec<Vec<f32>> = engines
+            .iter()
+            .zip(states.iter_mut())
+            .map(|(e, state)| {
+                let out = if k == 0 {
+                    let row = PrefillRow {
+                        seq_id: 0,
+                        tokens: &c.prompt,
+                        sampler: greedy,
                     };
-                    out.unwrap().remove(0).logits
-                })
-                .collect();
-            let scale = outs[0].iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            let diff = max_abs_diff(&outs[0], &outs[1]);
-            eprintln!("{f} step {k}: max |direct - gathered| {diff:e} (max |logit| {scale})");
-            assert!(
-                diff <= 4.0 * scale / 128.0,
-                "{f} step {k}: gathered logits differ from direct ones by {diff:e} (max |logit| {scale})"
+                    e.prefill(state, &[row])
+                } else {
+                    let row = DecodeRow {
+                        seq_id: 0,
+                        token: c.greedy[k - 1],
+                        position: c.prompt.len() + k - 1,
+                        sampler: greedy,
+                    };
+                    e.decode(state, &[row])
+                };
+                out.unwrap().remove(0).logits
+            })
+            .collect();
+        let scale = outs[0].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let diff = max_abs_diff(&outs[0], &outs[1]);
+        eprintln!("{f} step {k}: max |a - b| {diff:e} (max |logit| {scale})");
+        assert!(
+            diff <= ulps * scale / 128.0,
+            "{f} step {k}: the two forms' logits differ by {diff:e} (max |logit| {scale})"
+        );
+    }
+}
+
+/// The runtime's bf16 matrix-vector kernel (`Matvec::Kernel`, the `cpu_runtime_for` preset)
+/// takes every bf16 projection of up to 8 rows: each of the batch-1 and batch-8 decode graphs'
+/// projections becomes one kernel call, the batch-16 graph (16 rows) keeps XLA dots. Against
+/// HF at tp 1 and 2 (two devices calling the kernel at once), and against the XLA form of the
+/// same preset step by step within 4 bf16 ulps (different summation orders).
+#[test]
+fn bf16_matvec_kernel_matches_xla_and_hf() {
+    use phi3_neuron::build::build_graph;
+    use phi3_neuron::ir::ops::MATVEC_KERNEL_TARGET;
+
+    let kernel = GraphOptions::cpu_runtime_for(DType::BF16);
+    assert_eq!(kernel.matvec, Matvec::Kernel);
+    let xla = GraphOptions {
+        matvec: Matvec::Xla,
+        ..kernel.clone()
+    };
+    for f in FIXTURES {
+        let dir = fixture_dir(f);
+        let cfg = from_file(&dir.join("config.json")).unwrap();
+        let plan = cfg.plan(1).unwrap();
+        let count = |batch: i64,
+                     options: &GraphOptions,
+                     what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool| {
+            let spec =
+                GraphSpec::token_generation(batch, 64, DType::BF16).with_options(options.clone());
+            let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
+            built
+                .proto
+                .computations
+                .iter()
+                .flat_map(|c| &c.instructions)
+                .filter(|i| what(i))
+                .count()
+        };
+        let is_kernel = |i: &xla_proto::HloInstructionProto| {
+            i.opcode == "custom-call" && i.custom_call_target == MATVEC_KERNEL_TARGET
+        };
+        let is_dot = |i: &xla_proto::HloInstructionProto| i.opcode == "dot";
+        for batch in [1, 8] {
+            let calls = count(batch, &kernel, &is_kernel);
+            let dots_gone = count(batch, &xla, &is_dot) - count(batch, &kernel, &is_dot);
+            assert!(calls > 0, "{f}: batch {batch} has no kernel call");
+            assert_eq!(
+                calls, dots_gone,
+                "{f}: batch {batch}: each kernel call replaces a dot"
             );
         }
+        assert_eq!(
+            count(16, &kernel, &is_kernel),
+            0,
+            "{f}: 16 rows took the kernel"
+        );
+
+        for tp in [1, 2] {
+            check(f, tp, DType::BF16, 0.03, 8, &kernel);
+        }
+        same_logits_stepwise(f, [&xla, &kernel], 4.0);
     }
 }
 

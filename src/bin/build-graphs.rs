@@ -12,7 +12,8 @@ use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
     AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, KvDtype, LinearForm, NormImpl, PrefillTail, SamplerKernels, Sampling, VectorOperand,
+    GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels, Sampling,
+    VectorOperand,
 };
 use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
@@ -137,6 +138,11 @@ struct Args {
     /// one whose logits the graph returns; the cpu preset's).
     #[arg(long)]
     prefill_tail: Option<String>,
+    /// bf16 projections of up to 8 rows (decode, last-token logits): xla (XLA's dot; every
+    /// preset's) or kernel (the phi3 runtime's AVX-512 BF16 matrix-vector kernel, a typed-FFI
+    /// custom call that only that runtime registers; what `phi3 generate` builds for bf16).
+    #[arg(long)]
+    matvec: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -273,6 +279,10 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
             Some(v) => [PrefillTail::AllTokens, PrefillTail::LastToken]
                 [pick("prefill-tail", v, &["all-tokens", "last-token"])?],
             None => base.prefill_tail,
+        },
+        matvec: match &args.matvec {
+            Some(v) => [Matvec::Xla, Matvec::Kernel][pick("matvec", v, &["xla", "kernel"])?],
+            None => base.matvec,
         },
         kv_dtype: match &args.kv_dtype {
             Some(v) => [KvDtype::Model, KvDtype::F32][pick("kv-dtype", v, &["model", "f32"])?],

@@ -226,7 +226,7 @@ fn run(cli: Cli) -> Result<String, String> {
                 tp,
                 dtype,
                 max_seq_len,
-                GraphOptions::cpu_for(dtype),
+                GraphOptions::cpu_runtime_for(dtype),
             )
             .map_err(|e| e.to_string())?;
             let logits = engine.last_logits(&prompt_ids).map_err(|e| e.to_string())?;
@@ -400,7 +400,7 @@ fn generate(g: Generate) -> Result<String, String> {
             };
             let options = GraphOptions {
                 sampling: GraphSampling::OnDevice,
-                ..GraphOptions::cpu_for(dtype)
+                ..GraphOptions::cpu_runtime_for(dtype)
             };
             let a = prepare_artifacts(model, g.tp, dtype, &shape, &options, &cache.join("sets"))
                 .map_err(|e| e.to_string())?;

@@ -102,6 +102,7 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
         max_seq_len: s.max_seq_len,
         dtype: s.dtype,
         runs_on_cpu: s.options.runs_on_cpu(),
+        runtime_kernels: runtime_kernels(&g.graph),
         options: options_json(model, &s.options),
         files: a.files.clone(),
         proto_sha256: b.proto_sha256.clone(),
@@ -120,6 +121,17 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
         neuron_lint: lint_json(f),
         compile: a.compile.clone().unwrap_or(Value::Null),
     }
+}
+
+/// The custom-call targets of `graph` that the runtime must register (its own kernels).
+fn runtime_kernels(graph: &crate::ir::Graph) -> Vec<String> {
+    let targets: BTreeSet<&str> = graph
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(graph.node(id).op, crate::ir::Op::MatvecKernel(_)))
+        .map(|_| crate::ir::ops::MATVEC_KERNEL_TARGET)
+        .collect();
+    targets.into_iter().map(String::from).collect()
 }
 
 /// The knobs, as the manifest records them (the fusions also resolved for the model).
@@ -145,6 +157,7 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "f32_weights_from": o.f32_weights_from,
         "vector_operand": format!("{:?}", o.vector_operand),
         "prefill_tail": format!("{:?}", o.prefill_tail),
+        "matvec": format!("{:?}", o.matvec),
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }

@@ -517,6 +517,14 @@ impl Tensor {
         self.builder.record(Dot { dims, out }, &[self, rhs])
     }
 
+    /// `self · wᵀ` through the runtime's bf16 matrix-vector kernel: bf16 `[m, k]` and bf16
+    /// `[n, k]` → f32 `[m, n]` ([`crate::ir::ops::MatvecKernel`]).
+    #[track_caller]
+    pub fn matvec_kernel(&self, w: &Tensor) -> R {
+        self.builder
+            .record(crate::ir::ops::MatvecKernel, &[self, w])
+    }
+
     /// `[..., K] · [K, N] → [..., N]`.
     #[track_caller]
     pub fn matmul(&self, rhs: &Tensor) -> R {

@@ -99,7 +99,7 @@ fn write_shape(out: &mut String, s: &ShapeProto, with_layout: bool) {
 fn separator(out: &mut String, k: usize) {
     if k > 0 {
         out.push_str(", ");
-        if k % 5 == 0 {
+        if k.is_multiple_of(5) {
             let _ = write!(out, "/*index={k}*/");
         }
     }

@@ -17,7 +17,14 @@ pub struct TensorParallel {
     /// A low-precision projection of a single row takes its vector through an identity
     /// gather (`GraphOptions::vector_operand`).
     pub gather_vector: bool,
+    /// A bf16 projection of at most [`KERNEL_MAX_ROWS`] rows runs in the runtime's
+    /// matrix-vector kernel (`GraphOptions::matvec`).
+    pub matvec_kernel: bool,
 }
+
+/// The most rows (sequences × tokens) a projection sends to the matrix-vector kernel: batched
+/// decode up to 8 sequences. Past that the product is a GEMM, which XLA runs well.
+pub const KERNEL_MAX_ROWS: i64 = 8;
 
 /// Operand order and weight layout of a projection `y = x · wᵀ` (`w` is HF's `[out, in]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -49,6 +56,7 @@ impl TensorParallel {
             linear: LinearForm::default(),
             f32_result: true,
             gather_vector: false,
+            matvec_kernel: false,
         }
     }
 
@@ -67,12 +75,20 @@ impl TensorParallel {
         }
     }
 
+    pub fn with_matvec_kernel(self, matvec_kernel: bool) -> Self {
+        TensorParallel {
+            matvec_kernel,
+            ..self
+        }
+    }
+
     /// How these ranks' projections multiply.
     pub fn linear_options(&self) -> LinearOptions {
         LinearOptions {
             form: self.linear,
             f32_result: self.f32_result,
             gather_vector: self.gather_vector,
+            matvec_kernel: self.matvec_kernel,
         }
     }
 
@@ -92,6 +108,7 @@ pub struct LinearOptions {
     pub form: LinearForm,
     pub f32_result: bool,
     pub gather_vector: bool,
+    pub matvec_kernel: bool,
 }
 
 /// `x · wᵀ` for a weight stored `[out, in]`: `[..., in] → [..., out]`. Low-precision inputs
@@ -109,6 +126,7 @@ pub fn linear_as(x: &Tensor, weight: &Tensor, form: LinearForm) -> Result<Tensor
         form,
         f32_result: true,
         gather_vector: false,
+        matvec_kernel: false,
     };
     linear_with_bias(x, weight, None, options)
 }
@@ -118,7 +136,10 @@ pub fn linear_as(x: &Tensor, weight: &Tensor, form: LinearForm) -> Result<Tensor
 /// `addmm` does); without it, the dot's result keeps the operands' dtype (the form AWS's
 /// writers emit: Neuron accumulates in fp32 and rounds once either way) and the bias is
 /// added in that dtype. With `gather_vector`, a low-precision product of a single row takes
-/// that row through an identity gather first ([`gathered_vector`]).
+/// that row through an identity gather first ([`gathered_vector`]). With `matvec_kernel`, a
+/// bf16 product of at most [`KERNEL_MAX_ROWS`] rows with an `[out, in]` weight is the
+/// runtime's kernel instead ([`Tensor::matvec_kernel`]): the same f32 sums, then the same bias
+/// and rounding.
 #[track_caller]
 pub fn linear_with_bias(
     x: &Tensor,
@@ -130,9 +151,32 @@ pub fn linear_with_bias(
         form,
         f32_result,
         gather_vector,
+        matvec_kernel,
     } = options;
     let r = x.rank() as i64;
-    let single_row = x.dims()[..x.rank() - 1].iter().product::<i64>() == 1;
+    let rows = x.dims()[..x.rank() - 1].iter().product::<i64>();
+    if matvec_kernel
+        && f32_result
+        && rows <= KERNEL_MAX_ROWS
+        && x.dtype() == DType::BF16
+        && weight.dtype() == DType::BF16
+        && !form.transposes_weights()
+    {
+        let n = weight.dims()[0];
+        let mut out_dims = x.dims().to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = n;
+        let k = x.dims()[x.rank() - 1];
+        let mut y = x
+            .reshape(&[rows, k])?
+            .matvec_kernel(weight)?
+            .reshape(&out_dims)?;
+        if let Some(b) = bias {
+            let b = b.convert(DType::F32)?;
+            y = y.add(&b.broadcast_in_dim(&out_dims, &[r - 1])?)?;
+        }
+        return y.convert(DType::BF16);
+    }
+    let single_row = rows == 1;
     let gather = gather_vector
         && f32_result
         && single_row

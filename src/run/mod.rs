@@ -8,6 +8,7 @@
 //! each, choosing the bucket by the manifest's rule and padding the batch with rows that write
 //! nothing; [`scheduler`] serves many requests over the cache rows (continuous batching).
 
+pub mod kernels;
 pub mod scheduler;
 pub mod text;
 
@@ -246,6 +247,19 @@ impl Engine {
         }
         for g in &runnable {
             check_kv_inputs(&manifest, g)?;
+        }
+        let kernels: std::collections::BTreeSet<String> = runnable
+            .iter()
+            .flat_map(|g| g.runtime_kernels.iter().cloned())
+            .collect();
+        if !kernels.is_empty() {
+            let kernels: Vec<String> = kernels.into_iter().collect();
+            kernels::register(plugin, &kernels).map_err(|e| {
+                RunError::Input(format!(
+                    "the set's graphs call the runtime's own kernels ({}), and {e}",
+                    kernels.join(", ")
+                ))
+            })?;
         }
         let client = Client::with_devices(plugin, tp)?;
         let graphs = manifest

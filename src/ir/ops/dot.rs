@@ -106,3 +106,51 @@ impl OpRule for Dot {
         })
     }
 }
+
+/// The typed-FFI custom-call target of [`MatvecKernel`]: a bf16 matrix-vector kernel that the
+/// runtime (`run::kernels`) registers with the CPU plugin before it compiles a graph.
+pub const MATVEC_KERNEL_TARGET: &str = "phi3_neuron.bf16_matvec";
+
+/// `x · wᵀ` for a few rows: `x` bf16 `[m, k]`, `w` bf16 `[n, k]` (a projection weight in HF's
+/// `[out, in]` layout) → f32 `[m, n]`, the same products and f32 sums as
+/// `dot(x, w, contracting 1·1) → f32`, in an order of the kernel's choosing. Lowered to a
+/// typed-FFI `custom-call` of [`MATVEC_KERNEL_TARGET`]: XLA:CPU's own bf16 matrix-vector
+/// products read the weight at 16-19 GB/s on a 2-core Xeon, where a kernel that streams it row
+/// by row with AVX-512 BF16 dot products reads it at the memory's speed
+/// (docs/decode-performance.md). Only a runtime that registers the target runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MatvecKernel;
+
+impl OpRule for MatvecKernel {
+    fn name(&self) -> &'static str {
+        "matvec-kernel"
+    }
+    fn infer(&self, operands: &[&Type]) -> Result<Type, ShapeError> {
+        expect_arity(operands, 2)?;
+        let (x, w) = (array(operands, 0)?, array(operands, 1)?);
+        for (what, t) in [("matvec-kernel vector", x), ("matvec-kernel weight", w)] {
+            if t.dtype != DType::BF16 {
+                return Err(ShapeError::DTypeNotAllowed {
+                    what,
+                    dtype: t.dtype,
+                });
+            }
+        }
+        if x.rank() != 2 || w.rank() != 2 || x.dims[1] != w.dims[1] {
+            return Err(ShapeError::invalid(
+                "matvec-kernel",
+                format!("wants x [m, k] and w [n, k], got x {x} and w {w}"),
+            ));
+        }
+        Ok(Type::Array(crate::ir::ArrayType::new(
+            DType::F32,
+            vec![x.dims[0], w.dims[0]],
+        )))
+    }
+    fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
+        cx.emit("custom-call", ty, operands, |i| {
+            i.custom_call_target = MATVEC_KERNEL_TARGET.to_string();
+            i.custom_call_api_version = xla_proto::CustomCallApiVersion::ApiVersionTypedFfi as i32;
+        })
+    }
+}

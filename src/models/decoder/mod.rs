@@ -20,7 +20,8 @@ pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
 pub use spec::{
     AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, KvDtype, LinearForm, NormImpl, PrefillTail, SamplerKernels, Sampling, VectorOperand,
+    GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels, Sampling,
+    VectorOperand,
 };
 
 use crate::dsl::{DType, OpError, Tensor};

@@ -4,7 +4,7 @@
 //! and shard rules; the resulting [`RecordedGraph`] carries those declarations to the
 //! sharder, the manifest and the runner.
 
-use super::spec::{DotResult, GraphSpec, VectorOperand};
+use super::spec::{DotResult, GraphSpec, Matvec, VectorOperand};
 use crate::dsl::{ArrayType, DType, Graph, GraphBuilder, OpError, Tensor};
 use crate::ir::VerifyErrors;
 use crate::manifest::{InputRole, OutputRole};
@@ -84,7 +84,8 @@ impl<'a> Recorder<'a> {
             tp: TensorParallel::new(plan.tp)
                 .with_linear(spec.options.linear)
                 .with_f32_result(spec.options.dot_result == DotResult::F32)
-                .with_gather_vector(spec.options.vector_operand == VectorOperand::Gathered),
+                .with_gather_vector(spec.options.vector_operand == VectorOperand::Gathered)
+                .with_matvec_kernel(spec.options.matvec == Matvec::Kernel),
             inputs: Vec::new(),
             weights: Vec::new(),
         }

@@ -64,6 +64,22 @@ pub enum VectorOperand {
     Gathered,
 }
 
+/// Which code multiplies a bf16 projection of a few rows (decode up to batch 8, the logits of
+/// the last prompt position).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Matvec {
+    /// XLA's own dot: the graph runs on any XLA runtime.
+    #[default]
+    Xla,
+    /// The runtime's bf16 matrix-vector kernel, a typed-FFI custom call
+    /// ([`crate::ir::ops::MatvecKernel`]). XLA:CPU reads a bf16 weight at 16-19 GB/s in its
+    /// matrix-vector products on this machine, about 70% of what the memory gives; the kernel
+    /// streams it at 24-27 GB/s. Only our runtime registers the kernel, so a set built with it
+    /// runs in `phi3`/[`crate::run::Engine`], not in other XLA runtimes; f32 projections and
+    /// those of more rows stay XLA dots.
+    Kernel,
+}
+
 /// What a prefill's last decoder layer computes past its attention.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PrefillTail {
@@ -189,6 +205,8 @@ pub struct GraphOptions {
     pub vector_operand: VectorOperand,
     /// What a prefill's last layer computes past its attention.
     pub prefill_tail: PrefillTail,
+    /// Which code multiplies bf16 projections of a few rows.
+    pub matvec: Matvec,
 }
 
 impl GraphOptions {
@@ -252,6 +270,26 @@ impl GraphOptions {
         }
     }
 
+    /// What our runtime runs fastest on CPU: [`GraphOptions::cpu_for`], and for bf16 the
+    /// runtime's matrix-vector kernel ([`Matvec::Kernel`]) with every weight kept in bf16 (the
+    /// kernel has no cliff at long contractions, so `down_proj` needs no f32 copy). Graphs of
+    /// this preset need the kernel registered, which only [`crate::run::Engine`] does.
+    pub fn cpu_runtime_for(dtype: crate::dsl::DType) -> Self {
+        match dtype {
+            crate::dsl::DType::BF16 => GraphOptions {
+                matvec: Matvec::Kernel,
+                f32_weights_from: None,
+                ..GraphOptions::cpu_for(dtype)
+            },
+            _ => GraphOptions::cpu_for(dtype),
+        }
+    }
+
+    /// Whether the graph calls the runtime's own kernels ([`Matvec::Kernel`]).
+    pub fn needs_runtime_kernels(&self) -> bool {
+        self.matvec == Matvec::Kernel
+    }
+
     /// False when the graph needs a kernel only Neuron has.
     pub fn runs_on_cpu(&self) -> bool {
         let neuron_sampler =
@@ -283,6 +321,7 @@ impl Default for GraphOptions {
             f32_weights_from: None,
             vector_operand: VectorOperand::Direct,
             prefill_tail: PrefillTail::AllTokens,
+            matvec: Matvec::Xla,
         }
     }
 }

@@ -277,8 +277,13 @@ fn exec(a: &ExecArgs) -> Result<Value, String> {
     };
     let options = match a.preset.as_str() {
         "cpu" => GraphOptions::cpu_for(dtype),
+        "cpu-runtime" => GraphOptions::cpu_runtime_for(dtype),
         "neuron" => GraphOptions::neuron(),
-        other => return Err(format!("--preset must be cpu or neuron, got `{other}`")),
+        other => {
+            return Err(format!(
+                "--preset must be cpu, cpu-runtime or neuron, got `{other}`"
+            ))
+        }
     };
     let model = from_json_str(BENCH_CONFIG, "bench").map_err(|e| e.to_string())?;
     let vocab = model.sizes().vocab as i32;
@@ -696,6 +701,7 @@ fn run_all(a: &AllArgs) -> Result<(), String> {
             (1, "cpu", "f32"),
             (1, "neuron", "f32"),
             (1, "cpu", "bf16"),
+            (1, "cpu-runtime", "bf16"),
             (1, "neuron", "bf16"),
             (2, "cpu", "f32"),
         ] {
@@ -878,7 +884,8 @@ fn write_report(r: &Value, path: &Path) -> Result<(), String> {
                 * num(e, &["cache_len"])
                 * width;
             // The state is `kv_dtype` wide: f32 in the cpu preset's bf16 graphs.
-            let kv_width = if e["preset"] == "cpu" { 4.0 } else { width };
+            let cpu = e["preset"].as_str().is_some_and(|p| p.starts_with("cpu"));
+            let kv_width = if cpu { 4.0 } else { width };
             let cache = cache / width * kv_width;
             let floor_ms = |b: f64| (weight_bytes - embed + cache * b) / (read_bw * 1e9) * 1e3;
             let b1 = at(1).map_or(f64::NAN, |x| num(x, &["step_ms", "median"]));
