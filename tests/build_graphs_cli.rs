@@ -450,6 +450,26 @@ fn options_are_deduplicated_checked_and_recorded() {
         .find(|g| g["kind"] == "token_generation")
         .expect("a tkg graph");
     assert_eq!(tkg["decode_rows"], "in_place");
+    // No preset calls the runtime's kernel; --matvec kernel lists it on every graph that does
+    // (the bf16 default: each graph's small-row projections), with every weight kept bf16.
+    assert_eq!(options["matvec"], "Xla");
+    assert!(tkg.get("runtime_kernels").is_none(), "{tkg}");
+    let r = small(&[
+        "--preset",
+        "cpu",
+        "--matvec",
+        "kernel",
+        "--f32-weights-from",
+        "0",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for g in read()["graphs"].as_array().unwrap() {
+        assert_eq!(g["options"]["matvec"], "Kernel");
+        assert_eq!(
+            g["runtime_kernels"],
+            serde_json::json!(["phi3_neuron.bf16_matvec"])
+        );
+    }
     let r = small(&["--decode-rows", "sideways"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(

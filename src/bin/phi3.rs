@@ -63,6 +63,9 @@ enum Command {
         tp: i64,
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// bf16 products of up to 8 rows: kernel (this runtime's matrix-vector kernel) or xla.
+        #[arg(long, default_value = "kernel")]
+        matvec: String,
     },
     /// Generate tokens for one prompt or a JSONL file of requests.
     Generate(Box<Generate>),
@@ -103,6 +106,10 @@ struct Generate {
     /// With --model: the graphs' and weights' dtype.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// With --model, bf16: products of up to 8 rows in this runtime's matrix-vector kernel
+    /// (kernel) or as XLA dots (xla, with the cpu preset's f32 storage of long contractions).
+    #[arg(long, default_value = "kernel")]
+    matvec: String,
     /// With --model: cache rows (sequences served at once). Default: 1, or 4 with --prompts.
     #[arg(long)]
     max_batch_size: Option<i64>,
@@ -204,6 +211,16 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The options `phi3` builds sets with on CPU: `--matvec kernel` is [`GraphOptions::cpu_runtime_for`],
+/// `--matvec xla` the cpu preset of `build-graphs`.
+fn cpu_options(dtype: DType, matvec: &str) -> Result<GraphOptions, String> {
+    match matvec {
+        "kernel" => Ok(GraphOptions::cpu_runtime_for(dtype)),
+        "xla" => Ok(GraphOptions::cpu_for(dtype)),
+        other => Err(format!("--matvec must be kernel or xla, got `{other}`")),
+    }
+}
+
 fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Logits {
@@ -211,8 +228,10 @@ fn run(cli: Cli) -> Result<String, String> {
             prompt_ids,
             tp,
             dtype,
+            matvec,
         } => {
             let dtype = parse_dtype(&dtype)?;
+            let options = cpu_options(dtype, &matvec)?;
             if tp < 1 {
                 return Err(format!("--tp must be at least 1, got {tp}"));
             }
@@ -220,15 +239,8 @@ fn run(cli: Cli) -> Result<String, String> {
             cfg.plan(tp).map_err(|e| e.to_string())?;
             let plugin = plugin(None)?;
             let max_seq_len = (prompt_ids.len().max(1) as i64 + 7) / 8 * 8;
-            let engine = engine_from_checkpoint(
-                &plugin,
-                &model,
-                tp,
-                dtype,
-                max_seq_len,
-                GraphOptions::cpu_runtime_for(dtype),
-            )
-            .map_err(|e| e.to_string())?;
+            let engine = engine_from_checkpoint(&plugin, &model, tp, dtype, max_seq_len, options)
+                .map_err(|e| e.to_string())?;
             let logits = engine.last_logits(&prompt_ids).map_err(|e| e.to_string())?;
             Ok(json!({ "last_logits": logits }).to_string())
         }
@@ -400,7 +412,7 @@ fn generate(g: Generate) -> Result<String, String> {
             };
             let options = GraphOptions {
                 sampling: GraphSampling::OnDevice,
-                ..GraphOptions::cpu_runtime_for(dtype)
+                ..cpu_options(dtype, &g.matvec)?
             };
             let a = prepare_artifacts(model, g.tp, dtype, &shape, &options, &cache.join("sets"))
                 .map_err(|e| e.to_string())?;

@@ -102,7 +102,7 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
         max_seq_len: s.max_seq_len,
         dtype: s.dtype,
         runs_on_cpu: s.options.runs_on_cpu(),
-        runtime_kernels: runtime_kernels(&g.graph),
+        runtime_kernels: b.runtime_kernels.clone(),
         options: options_json(model, &s.options),
         files: a.files.clone(),
         proto_sha256: b.proto_sha256.clone(),
@@ -121,17 +121,6 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
         neuron_lint: lint_json(f),
         compile: a.compile.clone().unwrap_or(Value::Null),
     }
-}
-
-/// The custom-call targets of `graph` that the runtime must register (its own kernels).
-fn runtime_kernels(graph: &crate::ir::Graph) -> Vec<String> {
-    let targets: BTreeSet<&str> = graph
-        .node_ids()
-        .into_iter()
-        .filter(|&id| matches!(graph.node(id).op, crate::ir::Op::MatvecKernel(_)))
-        .map(|_| crate::ir::ops::MATVEC_KERNEL_TARGET)
-        .collect();
-    targets.into_iter().map(String::from).collect()
 }
 
 /// The knobs, as the manifest records them (the fusions also resolved for the model).

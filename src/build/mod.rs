@@ -52,6 +52,8 @@ pub struct BuiltGraph {
     pub weight_bytes: u64,
     pub kv_bytes: u64,
     pub findings: Vec<Finding>,
+    /// Custom-call targets the runtime provides itself (the manifest's `runtime_kernels`).
+    pub runtime_kernels: Vec<String>,
     /// Record + optimise + lower + serialise, in milliseconds (text printing excluded).
     pub build_ms: f64,
 }
@@ -103,6 +105,7 @@ pub fn build_graph(
     let mut recorded = model.record(plan, spec)?;
     crate::ir::passes::optimize(&mut recorded.graph);
     let proto = lower_recorded(&recorded.graph)?;
+    let runtime_kernels = runtime_kernels(&recorded.graph);
     let bytes = xla_proto::encode_module(&proto);
     let build_ms = start.elapsed().as_secs_f64() * 1e3;
     let stats = module_stats(&proto);
@@ -119,8 +122,20 @@ pub fn build_graph(
         weight_bytes,
         kv_bytes,
         findings,
+        runtime_kernels,
         build_ms,
     })
+}
+
+/// The custom-call targets of `graph` that the runtime must register (its own kernels).
+fn runtime_kernels(graph: &crate::ir::Graph) -> Vec<String> {
+    let targets: std::collections::BTreeSet<&str> = graph
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(graph.node(id).op, crate::ir::Op::MatvecKernel(_)))
+        .map(|_| crate::ir::ops::MATVEC_KERNEL_TARGET)
+        .collect();
+    targets.into_iter().map(String::from).collect()
 }
 
 /// HLO text for golden files: as [`BuiltGraph::text`], but without source file and line in
