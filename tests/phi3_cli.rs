@@ -698,3 +698,71 @@ fn bad_artifacts_and_requests_give_one_clear_line() {
     assert!(line.contains("Neuron-only custom calls"), "{line}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--model --dtype bf16` builds its sets with the runtime's matrix-vector kernel (every
+/// graph's manifest entry lists it, and the engine registers it before compiling), and
+/// `--matvec xla` with XLA's dots; both runs generate. A bad `--matvec` is one line.
+#[test]
+fn bf16_model_sets_call_the_runtime_kernel() {
+    let cache = scratch("kernel-cache");
+    let model = fixture("gqa");
+    let (m, c) = (model.to_str().unwrap(), cache.to_str().unwrap());
+    let prompt = ids(&expected_case("gqa"));
+    let run = |matvec: &str| {
+        phi3(&[
+            "generate",
+            "--model",
+            m,
+            "--dtype",
+            "bf16",
+            "--matvec",
+            matvec,
+            "--prompt-ids",
+            &prompt,
+            "--max-new-tokens",
+            "4",
+            "--cache",
+            c,
+        ])
+    };
+    let manifests = || -> Vec<serde_json::Value> {
+        let sets = cache.join("sets");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&sets)
+            .unwrap()
+            .map(|e| e.unwrap().path().join("graphs/manifest.json"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        found
+            .iter()
+            .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+            .collect()
+    };
+    let v: serde_json::Value = serde_json::from_str(&ok(run("kernel"), "kernel")).unwrap();
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 4, "{v}");
+    let sets = manifests();
+    assert_eq!(sets.len(), 1);
+    for g in sets[0]["graphs"].as_array().unwrap() {
+        assert_eq!(
+            g["runtime_kernels"],
+            serde_json::json!(["phi3_neuron.bf16_matvec"])
+        );
+    }
+    ok(run("xla"), "xla");
+    let sets = manifests();
+    assert_eq!(sets.len(), 2);
+    let plain = sets
+        .iter()
+        .filter(|m| m["graphs"][0].get("runtime_kernels").is_none())
+        .count();
+    assert_eq!(plain, 1, "one set of the two calls no kernel");
+    let bad = run("sideways");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && err.contains("--matvec must be kernel or xla")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    std::fs::remove_dir_all(&cache).ok();
+}

@@ -85,6 +85,98 @@ pub struct XlaFfiApi {
     pub error_create: Option<XlaFfiErrorCreate>,
 }
 
+/// `XLA_FFI_ThreadPool_Schedule_Args`.
+#[repr(C)]
+struct ThreadPoolScheduleArgs {
+    struct_size: usize,
+    extension_start: *mut XlaFfiExtensionBase,
+    ctx: *mut c_void,
+    task: unsafe extern "C" fn(*mut c_void),
+    data: *mut c_void,
+}
+
+type ThreadPoolSchedule = unsafe extern "C" fn(*mut ThreadPoolScheduleArgs) -> *mut XlaFfiError;
+
+/// Where `XLA_FFI_ThreadPool_Schedule` sits in `XLA_FFI_Api`: the twelfth entry point after
+/// the 48-byte head, in API 0.1 through 0.3 alike (later entries moved, this one did not).
+const THREAD_POOL_SCHEDULE_OFFSET: usize = 48 + 11 * size_of::<usize>();
+
+/// XLA's intra-op thread pool, as a handler's call frame offers it (XLA:CPU: the Eigen pool
+/// that runs the program's own parallel work).
+pub struct FfiThreadPool {
+    api: *const XlaFfiApi,
+    ctx: *mut c_void,
+}
+
+impl FfiThreadPool {
+    /// Runs `task(data)` on one of XLA's threads, or (XLA may choose) on this one, now.
+    /// Returns false, without running it, when the frame's API has no thread pool or XLA
+    /// refuses (the caller then does the work itself).
+    ///
+    /// # Safety
+    /// `data` must stay valid until `task` has run, and `task` must be safe to call with it
+    /// from another thread.
+    pub unsafe fn schedule(
+        &self,
+        task: unsafe extern "C" fn(*mut c_void),
+        data: *mut c_void,
+    ) -> bool {
+        // SAFETY: the frame's API table is live and `struct_size` bytes long.
+        let schedule = unsafe {
+            if self.api.is_null() || (*self.api).struct_size < THREAD_POOL_SCHEDULE_OFFSET + 8 {
+                return false;
+            }
+            *((self.api as *const u8).add(THREAD_POOL_SCHEDULE_OFFSET)
+                as *const Option<ThreadPoolSchedule>)
+        };
+        let Some(schedule) = schedule else {
+            return false;
+        };
+        let mut args = ThreadPoolScheduleArgs {
+            struct_size: size_of::<ThreadPoolScheduleArgs>(),
+            extension_start: ptr::null_mut(),
+            ctx: self.ctx,
+            task,
+            data,
+        };
+        // SAFETY: valid args; an error is XLA's to hand over, and is destroyed here.
+        let err = unsafe { schedule(&mut args) };
+        if err.is_null() {
+            return true;
+        }
+        // SAFETY: `XLA_FFI_Error_Destroy` is the third entry point (offset 64).
+        unsafe { destroy_error(self.api, err) };
+        false
+    }
+}
+
+/// `XLA_FFI_Error_Destroy_Args`.
+#[repr(C)]
+struct ErrorDestroyArgs {
+    struct_size: usize,
+    extension_start: *mut XlaFfiExtensionBase,
+    error: *mut XlaFfiError,
+}
+
+/// # Safety
+/// `api` must be a live FFI API table and `err` an error it created.
+unsafe fn destroy_error(api: *const XlaFfiApi, err: *mut XlaFfiError) {
+    type Destroy = unsafe extern "C" fn(*mut ErrorDestroyArgs);
+    // SAFETY: the third entry point of every API version.
+    unsafe {
+        let destroy =
+            *((api as *const u8).add(48 + 2 * size_of::<usize>()) as *const Option<Destroy>);
+        if let Some(destroy) = destroy {
+            let mut args = ErrorDestroyArgs {
+                struct_size: size_of::<ErrorDestroyArgs>(),
+                extension_start: ptr::null_mut(),
+                error: err,
+            };
+            destroy(&mut args);
+        }
+    }
+}
+
 /// `XLA_FFI_Buffer`.
 #[repr(C)]
 pub struct XlaFfiBuffer {
@@ -240,7 +332,7 @@ unsafe fn buffers(list: &XlaFfiBuffers, what: &str) -> std::result::Result<Vec<F
 
 /// The body of a typed-FFI handler: answers XLA's metadata query (the API version the frame
 /// was built with, no traits), and at execution hands the kernel its operand and result
-/// buffers. A kernel's `Err` becomes an `INVALID_ARGUMENT` FFI error with its message, which
+/// buffers and XLA's thread pool. A kernel's `Err` becomes an `INVALID_ARGUMENT` FFI error with its message, which
 /// XLA returns from the execution, naming `target`.
 ///
 /// # Safety
@@ -248,7 +340,7 @@ unsafe fn buffers(list: &XlaFfiBuffers, what: &str) -> std::result::Result<Vec<F
 pub unsafe fn handle(
     frame: *mut XlaFfiCallFrame,
     target: &str,
-    kernel: impl FnOnce(&[FfiBuffer], &[FfiBuffer]) -> std::result::Result<(), String>,
+    kernel: impl FnOnce(&[FfiBuffer], &[FfiBuffer], &FfiThreadPool) -> std::result::Result<(), String>,
 ) -> *mut XlaFfiError {
     // SAFETY: XLA passes a live frame.
     let frame = unsafe { &*frame };
@@ -272,7 +364,13 @@ pub unsafe fn handle(
     // SAFETY: the frame's lists are XLA's.
     let result = unsafe { buffers(&frame.args, "operand") }
         .and_then(|args| Ok((args, unsafe { buffers(&frame.rets, "result") }?)))
-        .and_then(|(args, rets)| kernel(&args, &rets));
+        .and_then(|(args, rets)| {
+            let pool = FfiThreadPool {
+                api: frame.api,
+                ctx: frame.ctx,
+            };
+            kernel(&args, &rets, &pool)
+        });
     match result {
         Ok(()) => ptr::null_mut(),
         Err(message) => {

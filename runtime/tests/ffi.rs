@@ -10,13 +10,13 @@ use common::{cpu_client, f32s, module, plugin, Comp};
 use std::mem::{offset_of, size_of};
 
 use pjrt_runtime::ffi::{
-    handle, FfiBuffer, XlaFfiApi, XlaFfiBuffer, XlaFfiBuffers, XlaFfiCallFrame, XlaFfiError,
-    XlaFfiMetadata, XlaFfiMetadataExtension,
+    handle, FfiBuffer, FfiThreadPool, XlaFfiApi, XlaFfiBuffer, XlaFfiBuffers, XlaFfiCallFrame,
+    XlaFfiError, XlaFfiMetadata, XlaFfiMetadataExtension,
 };
 use pjrt_runtime::{Arg, CompileOptions, ElementType};
 use xla_proto::CustomCallApiVersion;
 
-fn add_one(args: &[FfiBuffer], rets: &[FfiBuffer]) -> Result<(), String> {
+fn add_one(args: &[FfiBuffer], rets: &[FfiBuffer], _: &FfiThreadPool) -> Result<(), String> {
     let [x] = args else {
         return Err(format!("wants one operand, got {}", args.len()));
     };
@@ -47,10 +47,46 @@ unsafe extern "C" fn add_one_handler(frame: *mut XlaFfiCallFrame) -> *mut XlaFfi
 
 unsafe extern "C" fn refuse_handler(frame: *mut XlaFfiCallFrame) -> *mut XlaFfiError {
     unsafe {
-        handle(frame, "test.refuse", |_, _| {
+        handle(frame, "test.refuse", |_, _, _| {
             Err("operand 0 is f32[3], wants bf16".into())
         })
     }
+}
+
+/// y = x + 1 computed by a task on XLA's thread pool, the handler waiting for it.
+fn pooled(args: &[FfiBuffer], rets: &[FfiBuffer], pool: &FfiThreadPool) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Task {
+        x: *const f32,
+        y: *mut f32,
+        n: usize,
+        done: AtomicBool,
+    }
+    unsafe extern "C" fn run(data: *mut std::ffi::c_void) {
+        let t = unsafe { &*(data as *const Task) };
+        for i in 0..t.n {
+            unsafe { *t.y.add(i) = *t.x.add(i) + 1.0 };
+        }
+        t.done.store(true, Ordering::Release);
+    }
+    let task = Task {
+        x: args[0].data as *const f32,
+        y: rets[0].data as *mut f32,
+        n: args[0].element_count(),
+        done: AtomicBool::new(false),
+    };
+    // SAFETY: the handler waits below until the task has run.
+    if !unsafe { pool.schedule(run, &task as *const Task as *mut _) } {
+        return Err("XLA has no thread pool for this call".into());
+    }
+    while !task.done.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn pooled_handler(frame: *mut XlaFfiCallFrame) -> *mut XlaFfiError {
+    unsafe { handle(frame, "test.pooled", pooled) }
 }
 
 fn register() {
@@ -61,6 +97,8 @@ fn register() {
             .expect("registering test.add_one");
         p.register_ffi_handler("test.refuse", "Host", refuse_handler)
             .expect("registering test.refuse");
+        p.register_ffi_handler("test.pooled", "Host", pooled_handler)
+            .expect("registering test.pooled");
     });
 }
 
@@ -86,6 +124,20 @@ fn a_registered_handler_runs_inside_the_program() {
         .unwrap();
     let out = exe.execute(vec![vec![Arg::Borrow(&x)]]).unwrap();
     assert_eq!(out[0][0].to_vec::<f32>().unwrap(), [2.0, -1.0, 1.5]);
+}
+
+#[test]
+fn a_handler_runs_work_on_xlas_thread_pool() {
+    register();
+    let client = cpu_client(1);
+    let exe = client
+        .compile(&call_module("test.pooled"), &CompileOptions::default())
+        .unwrap();
+    let x = client
+        .buffer_from_slice(&[4.0f32, 5.0, 6.0], &[3], 0)
+        .unwrap();
+    let out = exe.execute(vec![vec![Arg::Borrow(&x)]]).unwrap();
+    assert_eq!(out[0][0].to_vec::<f32>().unwrap(), [5.0, 6.0, 7.0]);
 }
 
 #[test]

@@ -5,16 +5,19 @@
 //! One kernel so far: [`MATVEC_KERNEL_TARGET`], `y = x · wᵀ` for a few bf16 rows against a
 //! bf16 `[n, k]` weight, with f32 sums ([`crate::ir::ops::MatvecKernel`]). The product reads
 //! every weight byte once, so it is bound by memory bandwidth: the kernel splits the weight's
-//! rows between the threads, and each thread streams several rows at a time and multiplies
-//! them by every vector with AVX-512 BF16 dot products (`vdpbf16ps`: two bf16 products summed
-//! into each f32 lane). Without AVX-512 BF16 it widens the bf16 values to f32 instead.
+//! rows between the calling thread and helpers on XLA's thread pool, and each reads its rows
+//! front to back and multiplies them by every vector with AVX-512 BF16 dot products
+//! (`vdpbf16ps`: two bf16 products summed into each f32 lane). Without AVX-512 BF16 it widens
+//! the bf16 values to f32 instead.
 
 use std::collections::HashSet;
+use std::ffi::c_void;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use half::bf16;
-use pjrt_runtime::ffi::{handle, FfiBuffer, XlaFfiCallFrame, XlaFfiError};
+use pjrt_runtime::ffi::{handle, FfiBuffer, FfiThreadPool, XlaFfiCallFrame, XlaFfiError};
 use pjrt_runtime::{ElementType, Plugin};
 
 pub use crate::ir::ops::MATVEC_KERNEL_TARGET;
@@ -26,7 +29,7 @@ const PLATFORM: &str = "Host";
 /// the pool costs more than it saves.
 const PARALLEL_FROM: usize = 1 << 16;
 
-/// How many parts a product's rows are cut into per pool thread. In a standalone loop over
+/// How many parts a product's rows are cut into per thread. In a standalone loop over
 /// Phi-3-mini's batch-1 shapes, 4 parts averaged 25-27 GB/s where 1 part averaged 22-25 (one
 /// run each; 16 parts were no better than 4).
 const PARTS_PER_THREAD: usize = 4;
@@ -65,7 +68,7 @@ fn describe(b: &FfiBuffer) -> String {
 }
 
 /// Checks the call's buffers against the kernel's signature and runs it.
-fn matvec_call(args: &[FfiBuffer], rets: &[FfiBuffer]) -> Result<(), String> {
+fn matvec_call(args: &[FfiBuffer], rets: &[FfiBuffer], pool: &FfiThreadPool) -> Result<(), String> {
     let ([x, w], [y]) = (args, rets) else {
         return Err(format!(
             "wants 2 operands and 1 result, got {} and {}",
@@ -99,41 +102,143 @@ fn matvec_call(args: &[FfiBuffer], rets: &[FfiBuffer]) -> Result<(), String> {
     let (Some(xs), Some(ws), Some(ys)) = (xs, ws, ys) else {
         return Err(signature());
     };
-    matvec(xs, ws, ys, m as usize, k as usize, n as usize);
+    matvec_with(
+        xs,
+        ws,
+        ys,
+        m as usize,
+        k as usize,
+        n as usize,
+        threads(),
+        |job| {
+            let data = Arc::into_raw(job) as *mut c_void;
+            // SAFETY: the task takes back the `Arc` it is given, which keeps the job alive.
+            if !unsafe { pool.schedule(run_job, data) } {
+                // SAFETY: not scheduled: the `Arc` is still ours.
+                drop(unsafe { Arc::from_raw(data as *const Job) });
+            }
+        },
+    );
     Ok(())
 }
 
-/// `y[m, n] = x[m, k] · w[n, k]ᵀ` with f32 sums, on the rayon pool (the calling thread
-/// waits for it).
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` with f32 sums, with helpers from the rayon pool (the
+/// kernel inside a graph takes them from XLA's own pool instead: see [`matvec_with`]).
 pub fn matvec(x: &[bf16], w: &[bf16], y: &mut [f32], m: usize, k: usize, n: usize) {
-    assert_eq!(x.len(), m * k, "x is [m, k]");
-    assert_eq!(w.len(), n * k, "w is [n, k]");
-    assert_eq!(y.len(), m * n, "y is [m, n]");
-    let out = Out(y.as_mut_ptr());
-    if n * k < PARALLEL_FROM {
-        // SAFETY: one caller writes all of `y`.
-        unsafe { rows(x, w, out, m, k, n, 0, n) };
-        return;
-    }
-    // A few parts per thread, each whole blocks of 8 rows, so that a thread the OS delays
-    // leaves its parts to the others instead of holding up the call.
-    let parts = rayon::current_num_threads().max(1) * PARTS_PER_THREAD;
-    let chunk = n.div_ceil(parts).div_ceil(8) * 8;
-    rayon::scope(|s| {
-        for n0 in (0..n).step_by(chunk) {
-            let n1 = (n0 + chunk).min(n);
-            // SAFETY: each task writes its own columns `n0..n1` of `y`.
-            s.spawn(move |_| unsafe { rows(x, w, out, m, k, n, n0, n1) });
-        }
+    matvec_with(x, w, y, m, k, n, threads(), |job| {
+        rayon::spawn(move || job.work())
     });
 }
 
-/// `y`'s base pointer, shared by the tasks that write disjoint columns of it.
+/// The cores to spread a product over.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The task XLA's thread pool runs: one helper of a [`Job`].
+unsafe extern "C" fn run_job(data: *mut c_void) {
+    // SAFETY: `data` is an `Arc<Job>` turned into a raw pointer for this task alone.
+    let job = unsafe { Arc::from_raw(data as *const Job) };
+    job.work();
+}
+
+/// [`matvec`] over `threads` threads: the calling thread cuts the rows into parts, hands
+/// `threads - 1` helpers to `spawn`, and claims parts itself until none are left, then waits
+/// for the parts the helpers claimed. A helper that starts late finds the parts taken and
+/// leaves, so a call never waits for a pool to wake up. Inside a graph the helpers go to XLA's
+/// intra-op pool, whose idle threads are spinning for work while the custom call runs: with
+/// helpers from a pool of its own (rayon), the kernel shared the two cores with them and the
+/// bench model's batch-1 decode took 25 ms against 18 with XLA's dots.
+#[allow(clippy::too_many_arguments)]
+fn matvec_with(
+    x: &[bf16],
+    w: &[bf16],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    spawn: impl Fn(Arc<Job>),
+) {
+    assert_eq!(x.len(), m * k, "x is [m, k]");
+    assert_eq!(w.len(), n * k, "w is [n, k]");
+    assert_eq!(y.len(), m * n, "y is [m, n]");
+    if n * k < PARALLEL_FROM || threads <= 1 {
+        // SAFETY: one caller writes all of `y`.
+        unsafe { rows(x, w, Out(y.as_mut_ptr()), m, k, n, 0, n) };
+        return;
+    }
+    // A few parts per thread, so that a thread the OS delays leaves its parts to the others
+    // instead of holding up the call.
+    let chunk = n.div_ceil(threads * PARTS_PER_THREAD);
+    let job = Arc::new(Job {
+        x: (x.as_ptr(), x.len()),
+        w: (w.as_ptr(), w.len()),
+        y: Out(y.as_mut_ptr()),
+        shape: (m, k, n),
+        chunk,
+        parts: n.div_ceil(chunk),
+        next: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+    });
+    for _ in 1..threads {
+        spawn(Arc::clone(&job));
+    }
+    job.work();
+    let mut spins = 0u32;
+    while job.finished.load(Ordering::Acquire) < job.parts {
+        if spins < 1 << 12 {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// One call's rows, shared by the caller and its helpers.
+struct Job {
+    x: (*const bf16, usize),
+    w: (*const bf16, usize),
+    y: Out,
+    shape: (usize, usize, usize),
+    chunk: usize,
+    parts: usize,
+    /// The next unclaimed part.
+    next: AtomicUsize,
+    /// Parts done.
+    finished: AtomicUsize,
+}
+
+// SAFETY: the pointers are read (x, w) or written in disjoint parts (y) only for a claimed
+// part, and `matvec_with` returns only after every claimed part is finished, so they are live then.
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    fn work(&self) {
+        let (m, k, n) = self.shape;
+        loop {
+            let part = self.next.fetch_add(1, Ordering::Relaxed);
+            if part >= self.parts {
+                return;
+            }
+            let (n0, n1) = (part * self.chunk, ((part + 1) * self.chunk).min(n));
+            // SAFETY: a claimed part: `matvec_with` is still waiting, so the slices are live, and
+            // the part's columns of `y` are this thread's alone.
+            unsafe {
+                let x = std::slice::from_raw_parts(self.x.0, self.x.1);
+                let w = std::slice::from_raw_parts(self.w.0, self.w.1);
+                rows(x, w, self.y, m, k, n, n0, n1);
+            }
+            self.finished.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// `y`'s base pointer, shared by the threads that write disjoint columns of it.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
-// SAFETY: tasks write disjoint elements, and `rayon::scope` joins them before `y` is used again.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
 
 /// Columns `n0..n1` of `y`, for every row of `x` (in blocks of at most 8 rows).
 ///
@@ -209,17 +314,6 @@ mod avx512 {
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// Weight rows a block streams at once for `m` vectors: enough independent loads to keep
-    /// the memory busy, few enough accumulators (`R * m`) to stay in the 32 registers.
-    macro_rules! dispatch {
-        ($m:expr, $($mm:literal => $r:literal),*) => {
-            match $m {
-                $($mm => block_of::<$r, $mm>,)*
-                _ => unreachable!("blocks hold 1 to 8 rows"),
-            }
-        };
-    }
-
     /// # Safety
     /// The CPU must have AVX-512 F, BW and BF16; `y` as for `super::rows`; `1 <= m <= 8`.
     #[allow(clippy::too_many_arguments)]
@@ -233,32 +327,32 @@ mod avx512 {
         n0: usize,
         n1: usize,
     ) {
-        let f = dispatch!(m, 1 => 8, 2 => 6, 3 => 4, 4 => 4, 5 => 3, 6 => 3, 7 => 3, 8 => 3);
-        let r = match m {
-            1 => 8,
-            2 => 6,
-            3 | 4 => 4,
-            _ => 3,
+        // `U` 32-lane chunks of a row in flight per vector: enough independent dot products to
+        // hide their latency, few enough accumulators (`m * U`) to stay in the 32 registers.
+        let f = match m {
+            1 => row_of::<8, 1>,
+            2 => row_of::<4, 2>,
+            3 => row_of::<4, 3>,
+            4 => row_of::<4, 4>,
+            5 => row_of::<2, 5>,
+            6 => row_of::<2, 6>,
+            7 => row_of::<2, 7>,
+            8 => row_of::<2, 8>,
+            _ => unreachable!("blocks hold 1 to 8 rows"),
         };
-        let mut j = n0;
-        while j + r <= n1 {
-            // SAFETY: rows `j..j + r` of `w` exist (`j + r <= n1 <= n`).
+        for j in n0..n1 {
+            // SAFETY: row `j < n1 <= n` of `w` exists; the caller's block of `y`.
             unsafe { f(x.as_ptr(), w.as_ptr(), y, k, n, j) };
-            j += r;
-        }
-        // The last rows one at a time.
-        let one = dispatch!(m, 1 => 1, 2 => 1, 3 => 1, 4 => 1, 5 => 1, 6 => 1, 7 => 1, 8 => 1);
-        while j < n1 {
-            // SAFETY: as above, for one row.
-            unsafe { one(x.as_ptr(), w.as_ptr(), y, k, n, j) };
-            j += 1;
         }
     }
 
-    /// Weight rows `j..j + R` against the `M` vectors: `y[i, j + r] = x[i] · w[j + r]`.
+    /// Weight row `j` against the `M` vectors: `y[i, j] = x[i] · w[j]`. The row is read front
+    /// to back, one stream per thread: the hardware prefetcher follows it at any row length,
+    /// where several rows read side by side made short streams it did not keep up with
+    /// (1024-wide rows: 11 GB/s against 27 in a standalone loop).
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn block_of<const R: usize, const M: usize>(
+    unsafe fn row_of<const U: usize, const M: usize>(
         x: *const bf16,
         w: *const bf16,
         y: *mut f32,
@@ -266,33 +360,40 @@ mod avx512 {
         n: usize,
         j: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); M]; R];
+        // SAFETY (every load below): the chunks and masks stay inside row `j` of `w` and
+        // inside each vector of `x`.
+        let row = unsafe { w.add(j * k) };
+        let as_bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
+        let mut acc = [[_mm512_setzero_ps(); U]; M];
         let mut kk = 0;
+        while kk + 32 * U <= k {
+            for u in 0..U {
+                let wv = as_bh(unsafe { _mm512_loadu_si512(row.add(kk + 32 * u).cast()) });
+                for i in 0..M {
+                    let xv = unsafe { _mm512_loadu_si512(x.add(i * k + kk + 32 * u).cast()) };
+                    acc[i][u] = _mm512_dpbf16_ps(acc[i][u], wv, as_bh(xv));
+                }
+            }
+            kk += 32 * U;
+        }
+        // The rest in single chunks, the last one masked (masked-off lanes read as zero).
         while kk < k {
-            // 32 bf16 per register; the last chunk masked (masked-off lanes read as zero).
             let left = k - kk;
             let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
-            let mut wv = [_mm512_setzero_si512(); R];
-            for (r, v) in wv.iter_mut().enumerate() {
-                // SAFETY: the mask keeps the load inside row `j + r`.
-                *v = unsafe { _mm512_maskz_loadu_epi16(mask, w.add((j + r) * k + kk).cast()) };
-            }
+            let wv = as_bh(unsafe { _mm512_maskz_loadu_epi16(mask, row.add(kk).cast()) });
             for i in 0..M {
-                // SAFETY: as above, inside vector `i`.
                 let xv = unsafe { _mm512_maskz_loadu_epi16(mask, x.add(i * k + kk).cast()) };
-                let xv: __m512bh = unsafe { std::mem::transmute::<__m512i, __m512bh>(xv) };
-                for r in 0..R {
-                    let wr = unsafe { std::mem::transmute::<__m512i, __m512bh>(wv[r]) };
-                    acc[r][i] = _mm512_dpbf16_ps(acc[r][i], wr, xv);
-                }
+                acc[i][0] = _mm512_dpbf16_ps(acc[i][0], wv, as_bh(xv));
             }
             kk += 32;
         }
-        for (r, a) in acc.iter().enumerate() {
-            for (i, v) in a.iter().enumerate() {
-                // SAFETY: row `i`, column `j + r` of the caller's block.
-                unsafe { *y.add(i * n + j + r) = _mm512_reduce_add_ps(*v) };
+        for i in 0..M {
+            let mut t = acc[i][0];
+            for u in 1..U {
+                t = _mm512_add_ps(t, acc[i][u]);
             }
+            // SAFETY: row `i`, column `j` of the caller's block.
+            unsafe { *y.add(i * n + j) = _mm512_reduce_add_ps(t) };
         }
     }
 }

@@ -952,7 +952,7 @@ fn write_report(r: &Value, path: &Path) -> Result<(), String> {
              matrix-vector products in the runtime's kernel, `--matvec kernel`, and once with XLA's \
              dots, `--matvec xla`) and HF transformers {} ({} threads) one after the other. Per \
              token: the wall-time difference between 18 and 2 new tokens, over 16 (ours: median of \
-             two pairs of processes). HF generates both counts in one process, loaded once; each of \
+             three pairs of processes). HF generates both counts in one process, loaded once; each of \
              ours is a process of its own, so ours is also given with each process's weight upload \
              and executable loading taken out first, and as the engine's own decode time.\n\n\
              | | ms per token (wall) | without load | inside the engine | load s | peak RSS MB | \
