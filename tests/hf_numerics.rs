@@ -306,8 +306,6 @@ fn bf16_f32_result_dots_stay_close_to_hf() {
 /// 1 here and tp 2 above.
 #[test]
 fn bf16_gathered_vector_is_an_identity() {
-    use phi3_neuron::build::build_graph;
-
     let gathered = GraphOptions::cpu_for(DType::BF16);
     assert_eq!(gathered.vector_operand, VectorOperand::Gathered);
     let direct = GraphOptions {
@@ -315,20 +313,8 @@ fn bf16_gathered_vector_is_an_identity() {
         ..gathered.clone()
     };
     for f in FIXTURES {
-        let dir = fixture_dir(f);
-        let cfg = from_file(&dir.join("config.json")).unwrap();
-        let plan = cfg.plan(1).unwrap();
         let gathers = |batch: i64, options: &GraphOptions| {
-            let spec =
-                GraphSpec::token_generation(batch, 64, DType::BF16).with_options(options.clone());
-            let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
-            built
-                .proto
-                .computations
-                .iter()
-                .flat_map(|c| &c.instructions)
-                .filter(|i| i.opcode == "gather")
-                .count()
+            decode_instructions(f, batch, options, &|i| i.opcode == "gather")
         };
         assert!(
             gathers(1, &gathered) > gathers(1, &direct),
@@ -343,6 +329,27 @@ fn bf16_gathered_vector_is_an_identity() {
         check(f, 1, DType::BF16, 0.03, 8, &gathered);
         same_logits_stepwise(f, [&direct, &gathered], 4.0);
     }
+}
+
+/// How many instructions `what` picks in fixture `f`'s tp-1 bf16 decode graph of `batch` rows
+/// (cache 64) recorded with `options`.
+fn decode_instructions(
+    f: &str,
+    batch: i64,
+    options: &GraphOptions,
+    what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool,
+) -> usize {
+    let cfg = from_file(&fixture_dir(f).join("config.json")).unwrap();
+    let plan = cfg.plan(1).unwrap();
+    let spec = GraphSpec::token_generation(batch, 64, DType::BF16).with_options(options.clone());
+    let built = phi3_neuron::build::build_graph(cfg.as_ref(), &plan, &spec).unwrap();
+    built
+        .proto
+        .computations
+        .iter()
+        .flat_map(|c| &c.instructions)
+        .filter(|i| what(i))
+        .count()
 }
 
 /// Runs fixture `f`'s first prompt, then 8 batch-1 decode steps fed HF's greedy tokens, in two
@@ -400,7 +407,6 @@ fn same_logits_stepwise(f: &str, options: [&GraphOptions; 2], ulps: f32) {
 /// same preset step by step within 4 bf16 ulps (different summation orders).
 #[test]
 fn bf16_matvec_kernel_matches_xla_and_hf() {
-    use phi3_neuron::build::build_graph;
     use phi3_neuron::ir::ops::MATVEC_KERNEL_TARGET;
 
     let kernel = GraphOptions::cpu_runtime_for(DType::BF16);
@@ -410,22 +416,10 @@ fn bf16_matvec_kernel_matches_xla_and_hf() {
         ..kernel.clone()
     };
     for f in FIXTURES {
-        let dir = fixture_dir(f);
-        let cfg = from_file(&dir.join("config.json")).unwrap();
-        let plan = cfg.plan(1).unwrap();
         let count = |batch: i64,
                      options: &GraphOptions,
                      what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool| {
-            let spec =
-                GraphSpec::token_generation(batch, 64, DType::BF16).with_options(options.clone());
-            let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
-            built
-                .proto
-                .computations
-                .iter()
-                .flat_map(|c| &c.instructions)
-                .filter(|i| what(i))
-                .count()
+            decode_instructions(f, batch, options, what)
         };
         let is_kernel = |i: &xla_proto::HloInstructionProto| {
             i.opcode == "custom-call" && i.custom_call_target == MATVEC_KERNEL_TARGET

@@ -260,33 +260,46 @@ unsafe fn rows(
         let xb = &x[m0 * k..(m0 + mb) * k];
         // SAFETY: rows `m0..m0 + mb` of `y`, columns `n0..n1`: the caller's.
         let yb = unsafe { out.0.add(m0 * n) };
+        let block = Block {
+            x: xb,
+            w,
+            y: yb,
+            m: mb,
+            k,
+            n,
+        };
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512bf16")
             && std::arch::is_x86_feature_detected!("avx512bw")
         {
             // SAFETY: the CPU has the features; the slices bound every access.
-            unsafe { avx512::block(xb, w, yb, mb, k, n, n0, n1) };
+            unsafe { avx512::block(&block, n0..n1) };
             continue;
         }
         // SAFETY: forwarded.
-        unsafe { portable_block(xb, w, yb, mb, k, n, n0, n1) };
+        unsafe { portable_block(&block, n0..n1) };
     }
 }
 
-/// The kernel without AVX-512 BF16: bf16 widened to f32 (exactly), 16 partial sums per
-/// product so that the compiler vectorises it.
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable_block(
-    x: &[bf16],
-    w: &[bf16],
+/// At most 8 vectors `x [m, k]` against the weight `w [n, k]`, into `y`, whose row stride is
+/// `n` (a block of rows of the whole result).
+struct Block<'a> {
+    x: &'a [bf16],
+    w: &'a [bf16],
     y: *mut f32,
     m: usize,
     k: usize,
     n: usize,
-    n0: usize,
-    n1: usize,
-) {
-    for j in n0..n1 {
+}
+
+/// The kernel without AVX-512 BF16: bf16 widened to f32 (exactly), 16 partial sums per
+/// product so that the compiler vectorises it.
+///
+/// # Safety
+/// `b.y` must hold `b.m` rows of `b.n` f32s whose columns `cols` only this call writes.
+unsafe fn portable_block(b: &Block<'_>, cols: std::ops::Range<usize>) {
+    let Block { x, w, y, m, k, n } = *b;
+    for j in cols {
         let wr = &w[j * k..(j + 1) * k];
         for i in 0..m {
             let xr = &x[i * k..(i + 1) * k];
@@ -315,18 +328,10 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU must have AVX-512 F, BW and BF16; `y` as for `super::rows`; `1 <= m <= 8`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn block(
-        x: &[bf16],
-        w: &[bf16],
-        y: *mut f32,
-        m: usize,
-        k: usize,
-        n: usize,
-        n0: usize,
-        n1: usize,
-    ) {
+    /// The CPU must have AVX-512 F, BW and BF16; `b` as for `super::portable_block`;
+    /// `1 <= b.m <= 8`.
+    pub(super) unsafe fn block(b: &super::Block<'_>, cols: std::ops::Range<usize>) {
+        let super::Block { x, w, y, m, k, n } = *b;
         // `U` 32-lane chunks of a row in flight per vector: enough independent dot products to
         // hide their latency, few enough accumulators (`m * U`) to stay in the 32 registers.
         let f = match m {
@@ -340,8 +345,8 @@ mod avx512 {
             8 => row_of::<2, 8>,
             _ => unreachable!("blocks hold 1 to 8 rows"),
         };
-        for j in n0..n1 {
-            // SAFETY: row `j < n1 <= n` of `w` exists; the caller's block of `y`.
+        for j in cols {
+            // SAFETY: row `j < n` of `w` exists; the caller's block of `y`.
             unsafe { f(x.as_ptr(), w.as_ptr(), y, k, n, j) };
         }
     }
@@ -458,7 +463,15 @@ mod tests {
         let (x, w) = (values(m * k, 3), values(n * k, 4));
         let mut y = vec![f32::NAN; m * n];
         // SAFETY: `y` holds `m * n` f32s, all written here alone.
-        unsafe { portable_block(&x, &w, y.as_mut_ptr(), m, k, n, 0, n) };
+        let block = Block {
+            x: &x,
+            w: &w,
+            y: y.as_mut_ptr(),
+            m,
+            k,
+            n,
+        };
+        unsafe { portable_block(&block, 0..n) };
         assert_eq!(y, reference(&x, &w, m, k, n));
     }
 
