@@ -3,15 +3,17 @@
 //! An HLO `custom-call` with `api_version = API_VERSION_TYPED_FFI` names a target; XLA looks the
 //! target up in its handler registry when it compiles the program, and calls the handler with a
 //! call frame of operand and result buffers when it runs it. A PJRT plugin exposes that registry
-//! through its FFI extension (`PJRT_Extension_Type_FFI`, `pjrt_c_api_ffi_extension.h`, extension
-//! version 2, with `register_handler`): [`Plugin::register_ffi_handler`] registers a handler there, and [`handle`] turns a
-//! raw call frame into the operand and result [`FfiBuffer`]s a Rust kernel works on.
+//! through its FFI extension (`PJRT_Extension_Type_FFI`, `pjrt_c_api_ffi_extension.h`, version
+//! 2, with `register_handler`): [`Plugin::register_ffi_handler`] registers a handler there, and
+//! [`handle`] turns a raw call frame into the operand and result [`FfiBuffer`]s a Rust kernel
+//! works on, with XLA's thread pool ([`FfiThreadPool`]).
 //!
 //! The structs below are the subset of XLA's FFI C API (`xla/ffi/api/c_api.h`, API 0.x as
 //! shipped in jaxlib 0.10.2's `include/`) that such a handler reads. They are written by hand
 //! rather than generated: the header is not part of the plugin wheel, and the subset is small.
-//! Every struct in that API starts with its `struct_size` and only grows at the end, so a frame
-//! from a newer XLA reads the same; the layout tests in `tests/abi.rs` pin the sizes.
+//! Every struct in that API starts with its `struct_size`; the entry points read here sit at the
+//! same place in API 0.1 through 0.3 (the plugin speaks 0.2), and the layout tests in
+//! `tests/ffi.rs` pin the offsets.
 
 use std::ffi::{c_char, c_void, CString};
 use std::ptr;
@@ -74,8 +76,9 @@ pub struct XlaFfiError {
 
 type XlaFfiErrorCreate = unsafe extern "C" fn(*mut XlaFfiErrorCreateArgs) -> *mut XlaFfiError;
 
-/// The head of `XLA_FFI_Api`: its version and the first entry point, `XLA_FFI_Error_Create`,
-/// the only one a handler here calls.
+/// The head of `XLA_FFI_Api`, through `XLA_FFI_ThreadPool_Schedule` (its twelfth entry point):
+/// the entry points a handler here calls, and placeholders for the eight between them. Only
+/// the first `struct_size` bytes exist: check before reading past `error_destroy`.
 #[repr(C)]
 pub struct XlaFfiApi {
     pub struct_size: usize,
@@ -83,6 +86,11 @@ pub struct XlaFfiApi {
     pub api_version: XlaFfiApiVersion,
     pub internal_api: *const c_void,
     pub error_create: Option<XlaFfiErrorCreate>,
+    error_get_message: *const c_void,
+    error_destroy: Option<XlaFfiErrorDestroy>,
+    /// `Handler_Register` … `DeviceMemory_Free`.
+    unused: [*const c_void; 8],
+    thread_pool_schedule: Option<ThreadPoolSchedule>,
 }
 
 /// `XLA_FFI_ThreadPool_Schedule_Args`.
@@ -97,9 +105,8 @@ struct ThreadPoolScheduleArgs {
 
 type ThreadPoolSchedule = unsafe extern "C" fn(*mut ThreadPoolScheduleArgs) -> *mut XlaFfiError;
 
-/// Where `XLA_FFI_ThreadPool_Schedule` sits in `XLA_FFI_Api`: the twelfth entry point after
-/// the 48-byte head, in API 0.1 through 0.3 alike (later entries moved, this one did not).
-const THREAD_POOL_SCHEDULE_OFFSET: usize = 48 + 11 * size_of::<usize>();
+// `XLA_FFI_ThreadPool_Schedule` is entry point 11 (from 0) after the 48-byte head.
+const _: () = assert!(std::mem::offset_of!(XlaFfiApi, thread_pool_schedule) == 48 + 11 * 8);
 
 /// XLA's intra-op thread pool, as a handler's call frame offers it (XLA:CPU: the Eigen pool
 /// that runs the program's own parallel work).
@@ -122,14 +129,11 @@ impl FfiThreadPool {
         data: *mut c_void,
     ) -> bool {
         // SAFETY: the frame's API table is live and `struct_size` bytes long.
-        let schedule = unsafe {
-            if self.api.is_null() || (*self.api).struct_size < THREAD_POOL_SCHEDULE_OFFSET + 8 {
-                return false;
-            }
-            *((self.api as *const u8).add(THREAD_POOL_SCHEDULE_OFFSET)
-                as *const Option<ThreadPoolSchedule>)
-        };
-        let Some(schedule) = schedule else {
+        let api = unsafe { &*self.api };
+        if api.struct_size < size_of::<XlaFfiApi>() {
+            return false;
+        }
+        let Some(schedule) = api.thread_pool_schedule else {
             return false;
         };
         let mut args = ThreadPoolScheduleArgs {
@@ -144,8 +148,15 @@ impl FfiThreadPool {
         if err.is_null() {
             return true;
         }
-        // SAFETY: `XLA_FFI_Error_Destroy` is the third entry point (offset 64).
-        unsafe { destroy_error(self.api, err) };
+        if let Some(destroy) = api.error_destroy {
+            let mut args = ErrorDestroyArgs {
+                struct_size: size_of::<ErrorDestroyArgs>(),
+                extension_start: ptr::null_mut(),
+                error: err,
+            };
+            // SAFETY: `err` is XLA's error, ours to destroy, once.
+            unsafe { destroy(&mut args) };
+        }
         false
     }
 }
@@ -158,24 +169,7 @@ struct ErrorDestroyArgs {
     error: *mut XlaFfiError,
 }
 
-/// # Safety
-/// `api` must be a live FFI API table and `err` an error it created.
-unsafe fn destroy_error(api: *const XlaFfiApi, err: *mut XlaFfiError) {
-    type Destroy = unsafe extern "C" fn(*mut ErrorDestroyArgs);
-    // SAFETY: the third entry point of every API version.
-    unsafe {
-        let destroy =
-            *((api as *const u8).add(48 + 2 * size_of::<usize>()) as *const Option<Destroy>);
-        if let Some(destroy) = destroy {
-            let mut args = ErrorDestroyArgs {
-                struct_size: size_of::<ErrorDestroyArgs>(),
-                extension_start: ptr::null_mut(),
-                error: err,
-            };
-            destroy(&mut args);
-        }
-    }
-}
+type XlaFfiErrorDestroy = unsafe extern "C" fn(*mut ErrorDestroyArgs);
 
 /// `XLA_FFI_Buffer`.
 #[repr(C)]
@@ -332,8 +326,8 @@ unsafe fn buffers(list: &XlaFfiBuffers, what: &str) -> std::result::Result<Vec<F
 
 /// The body of a typed-FFI handler: answers XLA's metadata query (the API version the frame
 /// was built with, no traits), and at execution hands the kernel its operand and result
-/// buffers and XLA's thread pool. A kernel's `Err` becomes an `INVALID_ARGUMENT` FFI error with its message, which
-/// XLA returns from the execution, naming `target`.
+/// buffers and XLA's thread pool. A kernel's `Err` becomes an `INVALID_ARGUMENT` FFI error
+/// with its message, which XLA returns from the execution, naming `target`.
 ///
 /// # Safety
 /// `frame` must be the call frame XLA passed to the handler.

@@ -153,31 +153,16 @@ pub fn linear_with_bias(
         gather_vector,
         matvec_kernel,
     } = options;
-    let r = x.rank() as i64;
     let rows = x.dims()[..x.rank() - 1].iter().product::<i64>();
-    if matvec_kernel
+    let kernel = matvec_kernel
         && f32_result
         && rows <= KERNEL_MAX_ROWS
         && x.dtype() == DType::BF16
         && weight.dtype() == DType::BF16
-        && !form.transposes_weights()
-    {
-        let n = weight.dims()[0];
-        let mut out_dims = x.dims().to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = n;
-        let k = x.dims()[x.rank() - 1];
-        let mut y = x
-            .reshape(&[rows, k])?
-            .matvec_kernel(weight)?
-            .reshape(&out_dims)?;
-        if let Some(b) = bias {
-            let b = b.convert(DType::F32)?;
-            y = y.add(&b.broadcast_in_dim(&out_dims, &[r - 1])?)?;
-        }
-        return y.convert(DType::BF16);
-    }
+        && !form.transposes_weights();
     let single_row = rows == 1;
-    let gather = gather_vector
+    let gather = !kernel
+        && gather_vector
         && f32_result
         && single_row
         && matches!(x.dtype(), DType::BF16 | DType::F16)
@@ -200,6 +185,40 @@ pub fn linear_with_bias(
     };
     let (x, weight) = (&x, &weight);
     let low_precision = f32_result && matches!(x.dtype(), DType::BF16 | DType::F16);
+    let mut y = if kernel {
+        // [rows, in] · [out, in]ᵀ → [rows, out] in f32, back to x's leading dims.
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = weight.dims()[0];
+        x.reshape(&[rows, x.dims()[x.rank() - 1]])?
+            .matvec_kernel(weight)?
+            .reshape(&dims)?
+    } else {
+        projection_dot(x, weight, form, low_precision)?
+    };
+    if let Some(b) = bias {
+        // In the accumulation's dtype (f32 when the dot produced f32).
+        let b = b.convert(y.dtype())?;
+        let dims = y.dims().to_vec();
+        let last = dims.len() as i64 - 1;
+        y = y.add(&b.broadcast_in_dim(&dims, &[last])?)?;
+    }
+    match (low_precision, out_dtype) {
+        (_, Some(dtype)) => y.convert(dtype),
+        (true, None) => y.convert(x.dtype()),
+        (false, None) => Ok(y),
+    }
+}
+
+/// The projection as a `dot` in `form`'s operand order, `[..., out]` either way; with
+/// `low_precision`, the dot produces f32.
+#[track_caller]
+fn projection_dot(
+    x: &Tensor,
+    weight: &Tensor,
+    form: LinearForm,
+    low_precision: bool,
+) -> Result<Tensor, OpError> {
+    let r = x.rank() as i64;
     let (lhs, rhs, dims) = match form {
         LinearForm::ActivationFirst => (
             x,
@@ -239,18 +258,7 @@ pub fn linear_with_bias(
         let perm: Vec<i64> = (1..r).chain([0]).collect();
         y = y.transpose(&perm)?;
     }
-    if let Some(b) = bias {
-        // In the accumulation's dtype (f32 when the dot produced f32).
-        let b = b.convert(y.dtype())?;
-        let dims = y.dims().to_vec();
-        let last = dims.len() as i64 - 1;
-        y = y.add(&b.broadcast_in_dim(&dims, &[last])?)?;
-    }
-    match (low_precision, out_dtype) {
-        (_, Some(dtype)) => y.convert(dtype),
-        (true, None) => y.convert(x.dtype()),
-        (false, None) => Ok(y),
-    }
+    Ok(y)
 }
 
 /// The same values as the single-row `x` (`[1, .., 1, n]`), through an identity gather

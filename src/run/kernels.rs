@@ -10,7 +10,7 @@
 //! (`vdpbf16ps`: two bf16 products summed into each f32 lane). Without AVX-512 BF16 it widens
 //! the bf16 values to f32 instead.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,9 +37,8 @@ const PARTS_PER_THREAD: usize = 4;
 /// Registers every kernel in `targets` with `plugin`, once per plugin per process; an unknown
 /// target is an error naming it.
 pub fn register(plugin: &Plugin, targets: &[String]) -> Result<(), String> {
-    static DONE: Mutex<Option<HashSet<(PathBuf, String)>>> = Mutex::new(None);
+    static DONE: Mutex<BTreeSet<(PathBuf, String)>> = Mutex::new(BTreeSet::new());
     let mut done = DONE.lock().expect("no panics under the lock");
-    let done = done.get_or_insert_with(HashSet::new);
     for target in targets {
         let key = (plugin.path().to_path_buf(), target.clone());
         if done.contains(&key) {
@@ -122,11 +121,11 @@ fn matvec_call(args: &[FfiBuffer], rets: &[FfiBuffer], pool: &FfiThreadPool) -> 
     Ok(())
 }
 
-/// `y[m, n] = x[m, k] · w[n, k]ᵀ` with f32 sums, with helpers from the rayon pool (the
-/// kernel inside a graph takes them from XLA's own pool instead: see [`matvec_with`]).
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` with f32 sums, outside a graph: each helper is a thread of
+/// its own (the kernel inside a graph takes them from XLA's pool: see [`matvec_with`]).
 pub fn matvec(x: &[bf16], w: &[bf16], y: &mut [f32], m: usize, k: usize, n: usize) {
     matvec_with(x, w, y, m, k, n, threads(), |job| {
-        rayon::spawn(move || job.work())
+        std::thread::spawn(move || job.work());
     });
 }
 
@@ -147,8 +146,8 @@ unsafe extern "C" fn run_job(data: *mut c_void) {
 /// for the parts the helpers claimed. A helper that starts late finds the parts taken and
 /// leaves, so a call never waits for a pool to wake up. Inside a graph the helpers go to XLA's
 /// intra-op pool, whose idle threads are spinning for work while the custom call runs: with
-/// helpers from a pool of its own (rayon), the kernel shared the two cores with them and the
-/// bench model's batch-1 decode took 25 ms against 18 with XLA's dots.
+/// helpers from a pool of its own (rayon, tried first), the kernel shared the two cores with
+/// them, and the bench model's batch-1 decode took 25-26 ms, against 21-25 ms this way.
 #[allow(clippy::too_many_arguments)]
 fn matvec_with(
     x: &[bf16],

@@ -115,9 +115,9 @@ pub const MATVEC_KERNEL_TARGET: &str = "phi3_neuron.bf16_matvec";
 /// `[out, in]` layout) → f32 `[m, n]`, the same products and f32 sums as
 /// `dot(x, w, contracting 1·1) → f32`, in an order of the kernel's choosing. Lowered to a
 /// typed-FFI `custom-call` of [`MATVEC_KERNEL_TARGET`]: XLA:CPU's own bf16 matrix-vector
-/// products read the weight at 16-19 GB/s on a 2-core Xeon, where a kernel that streams it row
-/// by row with AVX-512 BF16 dot products reads it at the memory's speed
-/// (docs/decode-performance.md). Only a runtime that registers the target runs it.
+/// products read a real-size weight more slowly than a kernel that streams it row by row with
+/// AVX-512 BF16 dot products (docs/decode-performance.md). Only a runtime that registers the
+/// target runs it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MatvecKernel;
 

@@ -72,9 +72,9 @@ pub enum Matvec {
     #[default]
     Xla,
     /// The runtime's bf16 matrix-vector kernel, a typed-FFI custom call
-    /// ([`crate::ir::ops::MatvecKernel`]). XLA:CPU reads a bf16 weight at 16-19 GB/s in its
-    /// matrix-vector products on this machine, about 70% of what the memory gives; the kernel
-    /// streams it at 24-27 GB/s. Only our runtime registers the kernel, so a set built with it
+    /// ([`crate::ir::ops::MatvecKernel`]). It streams a real-size bf16 weight faster than
+    /// XLA:CPU's own matrix-vector products do (docs/decode-performance.md has the numbers, per
+    /// machine). Only our runtime registers the kernel, so a set built with it
     /// runs in `phi3`/[`crate::run::Engine`], not in other XLA runtimes; f32 projections and
     /// those of more rows stay XLA dots.
     Kernel,
@@ -283,11 +283,6 @@ impl GraphOptions {
             },
             _ => GraphOptions::cpu_for(dtype),
         }
-    }
-
-    /// Whether the graph calls the runtime's own kernels ([`Matvec::Kernel`]).
-    pub fn needs_runtime_kernels(&self) -> bool {
-        self.matvec == Matvec::Kernel
     }
 
     /// False when the graph needs a kernel only Neuron has.
