@@ -331,51 +331,66 @@ mod avx512 {
     /// `1 <= b.m <= 8`.
     pub(super) unsafe fn block(b: &super::Block<'_>, cols: std::ops::Range<usize>) {
         let super::Block { x, w, y, m, k, n } = *b;
-        // `U` 32-lane chunks of a row in flight per vector: enough independent dot products to
-        // hide their latency, few enough accumulators (`m * U`) to stay in the 32 registers.
-        let f = match m {
-            1 => row_of::<8, 1>,
-            2 => row_of::<4, 2>,
-            3 => row_of::<4, 3>,
-            4 => row_of::<4, 4>,
-            5 => row_of::<2, 5>,
-            6 => row_of::<2, 6>,
-            7 => row_of::<2, 7>,
-            8 => row_of::<2, 8>,
+        // `R` weight rows read side by side, from `R` places `h` rows apart in the part, and
+        // `U` 32-lane chunks of each in flight: `m * R * U` accumulators stay in the 32
+        // registers. `single` is the same for one row at a time, for the rows left over.
+        type Rows = unsafe fn(*const bf16, *const bf16, *mut f32, usize, usize, usize, usize);
+        let (streams, f, single): (usize, Rows, Rows) = match m {
+            1 => (8, rows_of::<1, 1, 8>, rows_of::<8, 1, 1>),
+            2 => (4, rows_of::<1, 2, 4>, rows_of::<4, 2, 1>),
+            3 => (4, rows_of::<1, 3, 4>, rows_of::<4, 3, 1>),
+            4 => (4, rows_of::<1, 4, 4>, rows_of::<4, 4, 1>),
+            5 => (2, rows_of::<1, 5, 2>, rows_of::<2, 5, 1>),
+            6 => (2, rows_of::<1, 6, 2>, rows_of::<2, 6, 1>),
+            7 => (2, rows_of::<1, 7, 2>, rows_of::<2, 7, 1>),
+            8 => (2, rows_of::<1, 8, 2>, rows_of::<2, 8, 1>),
             _ => unreachable!("blocks hold 1 to 8 rows"),
         };
-        for j in cols {
-            // SAFETY: row `j < n` of `w` exists; the caller's block of `y`.
-            unsafe { f(x.as_ptr(), w.as_ptr(), y, k, n, j) };
+        let h = cols.len() / streams;
+        for j in cols.start..cols.start + h {
+            // SAFETY: rows `j + r * h < cols.end <= n` of `w` exist; the caller's block of `y`.
+            unsafe { f(x.as_ptr(), w.as_ptr(), y, k, n, j, h) };
+        }
+        for j in cols.start + streams * h..cols.end {
+            // SAFETY: as above, one row.
+            unsafe { single(x.as_ptr(), w.as_ptr(), y, k, n, j, 0) };
         }
     }
 
-    /// Weight row `j` against the `M` vectors: `y[i, j] = x[i] · w[j]`. The row is read front
-    /// to back, one stream per thread: the hardware prefetcher follows it at any row length,
-    /// where several rows read side by side made short streams it did not keep up with
-    /// (1024-wide rows: 11 GB/s against 27 in a standalone loop).
+    /// Weight rows `j, j + h, .., j + (R - 1) h` against the `M` vectors:
+    /// `y[i, j + r h] = x[i] · w[j + r h]`. Each row is read front to back, and the `R` rows
+    /// side by side are `R` sequential streams far apart: on the 2-core Intel machine of
+    /// 2026-12-02, 8 such streams read Phi-3-mini's weights at 17-18 GB/s where one row at a
+    /// time read at 13 (a standalone loop; docs/decode-performance.md). Rows next to each
+    /// other read side by side are not the same thing: short streams that the prefetcher did
+    /// not keep up with (1024-wide rows: 11 GB/s against 27 on the AMD machine).
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn row_of<const U: usize, const M: usize>(
+    unsafe fn rows_of<const U: usize, const M: usize, const R: usize>(
         x: *const bf16,
         w: *const bf16,
         y: *mut f32,
         k: usize,
         n: usize,
         j: usize,
+        h: usize,
     ) {
-        // SAFETY (every load below): the chunks and masks stay inside row `j` of `w` and
-        // inside each vector of `x`.
-        let row = unsafe { w.add(j * k) };
+        // SAFETY (every load below): the chunks and masks stay inside rows `j + r h` of `w`
+        // and inside each vector of `x`.
+        let row: [*const bf16; R] = std::array::from_fn(|r| unsafe { w.add((j + r * h) * k) });
         let as_bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
-        let mut acc = [[_mm512_setzero_ps(); U]; M];
+        let mut acc = [[[_mm512_setzero_ps(); U]; R]; M];
         let mut kk = 0;
         while kk + 32 * U <= k {
             for u in 0..U {
-                let wv = as_bh(unsafe { _mm512_loadu_si512(row.add(kk + 32 * u).cast()) });
-                for i in 0..M {
-                    let xv = unsafe { _mm512_loadu_si512(x.add(i * k + kk + 32 * u).cast()) };
-                    acc[i][u] = _mm512_dpbf16_ps(acc[i][u], wv, as_bh(xv));
+                let xv: [__m512i; M] = std::array::from_fn(|i| unsafe {
+                    _mm512_loadu_si512(x.add(i * k + kk + 32 * u).cast())
+                });
+                for r in 0..R {
+                    let wv = as_bh(unsafe { _mm512_loadu_si512(row[r].add(kk + 32 * u).cast()) });
+                    for i in 0..M {
+                        acc[i][r][u] = _mm512_dpbf16_ps(acc[i][r][u], wv, as_bh(xv[i]));
+                    }
                 }
             }
             kk += 32 * U;
@@ -384,20 +399,24 @@ mod avx512 {
         while kk < k {
             let left = k - kk;
             let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
-            let wv = as_bh(unsafe { _mm512_maskz_loadu_epi16(mask, row.add(kk).cast()) });
-            for i in 0..M {
-                let xv = unsafe { _mm512_maskz_loadu_epi16(mask, x.add(i * k + kk).cast()) };
-                acc[i][0] = _mm512_dpbf16_ps(acc[i][0], wv, as_bh(xv));
+            for r in 0..R {
+                let wv = as_bh(unsafe { _mm512_maskz_loadu_epi16(mask, row[r].add(kk).cast()) });
+                for i in 0..M {
+                    let xv = unsafe { _mm512_maskz_loadu_epi16(mask, x.add(i * k + kk).cast()) };
+                    acc[i][r][0] = _mm512_dpbf16_ps(acc[i][r][0], wv, as_bh(xv));
+                }
             }
             kk += 32;
         }
         for i in 0..M {
-            let mut t = acc[i][0];
-            for u in 1..U {
-                t = _mm512_add_ps(t, acc[i][u]);
+            for r in 0..R {
+                let mut t = acc[i][r][0];
+                for u in 1..U {
+                    t = _mm512_add_ps(t, acc[i][r][u]);
+                }
+                // SAFETY: row `i`, column `j + r h` of the caller's block.
+                unsafe { *y.add(i * n + j + r * h) = _mm512_reduce_add_ps(t) };
             }
-            // SAFETY: row `i`, column `j` of the caller's block.
-            unsafe { *y.add(i * n + j) = _mm512_reduce_add_ps(t) };
         }
     }
 }
@@ -446,6 +465,9 @@ mod tests {
             (7, 100, 7),
             (8, 96, 25),
             (11, 40, 6),
+            (1, 64, 29),
+            (3, 65, 19),
+            (6, 33, 21),
             (1, 1024, 300),
             (4, 3072, 77),
         ] {
