@@ -5,10 +5,10 @@
 //! One kernel so far: [`MATVEC_KERNEL_TARGET`], `y = x · wᵀ` for a few bf16 rows against a
 //! bf16 `[n, k]` weight, with f32 sums ([`crate::ir::ops::MatvecKernel`]). The product reads
 //! every weight byte once, so it is bound by memory bandwidth: the kernel splits the weight's
-//! rows between the calling thread and helpers on XLA's thread pool, and each reads its rows
-//! front to back and multiplies them by every vector with AVX-512 BF16 dot products
-//! (`vdpbf16ps`: two bf16 products summed into each f32 lane). Without AVX-512 BF16 it widens
-//! the bf16 values to f32 instead.
+//! rows between the calling thread and helpers on XLA's thread pool. Each reads several rows
+//! far apart side by side, each front to back, and multiplies them by every vector with
+//! AVX-512 BF16 dot products (`vdpbf16ps`: two bf16 products summed into each f32 lane).
+//! Without AVX-512 BF16 it widens the bf16 values to f32 instead.
 
 use std::collections::BTreeSet;
 use std::ffi::c_void;
@@ -359,11 +359,10 @@ mod avx512 {
 
     /// Weight rows `j, j + h, .., j + (R - 1) h` against the `M` vectors:
     /// `y[i, j + r h] = x[i] · w[j + r h]`. Each row is read front to back, and the `R` rows
-    /// side by side are `R` sequential streams far apart: on the 2-core Intel machine of
-    /// 2026-12-02, 8 such streams read Phi-3-mini's weights at 17-18 GB/s where one row at a
-    /// time read at 13 (a standalone loop; docs/decode-performance.md). Rows next to each
-    /// other read side by side are not the same thing: short streams that the prefetcher did
-    /// not keep up with (1024-wide rows: 11 GB/s against 27 on the AMD machine).
+    /// side by side are `R` sequential streams far apart, which keep more of a core's cache
+    /// misses in flight than one stream does. Rows next to each other read side by side are
+    /// not the same thing: short streams that the hardware prefetcher does not keep up with.
+    /// The measurements behind both are in docs/decode-performance.md.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn rows_of<const U: usize, const M: usize, const R: usize>(
