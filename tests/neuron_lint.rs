@@ -496,7 +496,7 @@ fn collectives_need_explicit_legacy_groups() {
     let mut iota = m.clone();
     let ar = instr(&mut iota, "all-reduce");
     ar.replica_groups.clear();
-    ar.collective_device_list = Some(CollectiveDeviceListProto {
+    ar.collective_device_list = Some(Box::new(CollectiveDeviceListProto {
         replica_groups: vec![],
         iota_replica_group_list: Some(IotaReplicaGroupListProto {
             num_replica_groups: 1,
@@ -504,7 +504,7 @@ fn collectives_need_explicit_legacy_groups() {
             iota_reshape_dims: vec![2],
             iota_transpose_perm: vec![0],
         }),
-    });
+    }));
     assert_code(&lint(&iota), "LINT_DEVICE_LIST_GROUPS");
 }
 

@@ -146,7 +146,7 @@ mod tests {
             (2, |i| i.opcode = "add".into()),
             (3, |i| i.shape = Some(ShapeProto::default())),
             (7, |i| i.metadata = Some(OpMetadata::default())),
-            (8, |i| i.literal = Some(LiteralProto::default())),
+            (8, |i| i.literal = Some(Default::default())),
             (9, |i| i.parameter_number = 1),
             (13, |i| i.tuple_index = 1),
             (14, |i| i.dimensions = vec![0]),

@@ -62,7 +62,7 @@ pub fn module_stats(m: &HloModuleProto) -> ModuleStats {
         }
         if i.opcode == "dot" {
             let (Some(d), Some(lhs), Some(out)) = (
-                i.dot_dimension_numbers.as_ref(),
+                i.dot_dimension_numbers.as_deref(),
                 i.operand_ids.first().and_then(|o| shapes.get(o)),
                 i.shape.as_ref(),
             ) else {

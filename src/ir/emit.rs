@@ -156,7 +156,7 @@ impl CompEmitter<'_> {
     pub fn constant(&mut self, lit: &Literal) -> i64 {
         let proto = lit.to_proto();
         self.emit("constant", &Type::Array(lit.ty.clone()), &[], |i| {
-            i.literal = Some(proto)
+            i.literal = Some(Box::new(proto))
         })
     }
 

@@ -647,7 +647,7 @@ impl Ranges<'_> {
                 })
             }
             "constant" => {
-                let (lo, hi) = literal_range(i.literal.as_ref()?)?;
+                let (lo, hi) = literal_range(i.literal.as_deref()?)?;
                 Some(Range {
                     lo,
                     hi,

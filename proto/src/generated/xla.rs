@@ -441,8 +441,8 @@ pub struct HloInstructionProto {
     #[prost(message, optional, tag = "7")]
     pub metadata: ::core::option::Option<OpMetadata>,
     /// Only for constant.
-    #[prost(message, optional, tag = "8")]
-    pub literal: ::core::option::Option<LiteralProto>,
+    #[prost(message, optional, boxed, tag = "8")]
+    pub literal: ::core::option::Option<::prost::alloc::boxed::Box<LiteralProto>>,
     /// Only for parameter; numbers run from 0.
     #[prost(int64, tag = "9")]
     pub parameter_number: i64,
@@ -469,13 +469,15 @@ pub struct HloInstructionProto {
     pub channel_id: i64,
     #[prost(string, tag = "28")]
     pub custom_call_target: ::prost::alloc::string::String,
-    #[prost(message, optional, tag = "30")]
-    pub dot_dimension_numbers: ::core::option::Option<DotDimensionNumbers>,
+    #[prost(message, optional, boxed, tag = "30")]
+    pub dot_dimension_numbers:
+        ::core::option::Option<::prost::alloc::boxed::Box<DotDimensionNumbers>>,
     /// Only for compare: "EQ", "NE", "GE", "GT", "LE" or "LT".
     #[prost(string, tag = "63")]
     pub comparison_direction: ::prost::alloc::string::String,
-    #[prost(message, optional, tag = "33")]
-    pub gather_dimension_numbers: ::core::option::Option<GatherDimensionNumbers>,
+    #[prost(message, optional, boxed, tag = "33")]
+    pub gather_dimension_numbers:
+        ::core::option::Option<::prost::alloc::boxed::Box<GatherDimensionNumbers>>,
     #[prost(int64, repeated, tag = "34")]
     pub gather_slice_sizes: ::prost::alloc::vec::Vec<i64>,
     /// Unique within the computation.
@@ -496,8 +498,9 @@ pub struct HloInstructionProto {
     /// Ids in replica groups are replica * num_partitions + partition.
     #[prost(bool, tag = "71")]
     pub use_global_device_ids: bool,
-    #[prost(message, optional, tag = "48")]
-    pub scatter_dimension_numbers: ::core::option::Option<ScatterDimensionNumbers>,
+    #[prost(message, optional, boxed, tag = "48")]
+    pub scatter_dimension_numbers:
+        ::core::option::Option<::prost::alloc::boxed::Box<ScatterDimensionNumbers>>,
     #[prost(message, optional, tag = "51")]
     pub precision_config: ::core::option::Option<PrecisionConfig>,
     /// Only for collective-permute.
@@ -517,8 +520,9 @@ pub struct HloInstructionProto {
     pub comparison_type: ::prost::alloc::string::String,
     #[prost(enumeration = "CustomCallApiVersion", tag = "77")]
     pub custom_call_api_version: i32,
-    #[prost(message, optional, tag = "87")]
-    pub collective_device_list: ::core::option::Option<CollectiveDeviceListProto>,
+    #[prost(message, optional, boxed, tag = "87")]
+    pub collective_device_list:
+        ::core::option::Option<::prost::alloc::boxed::Box<CollectiveDeviceListProto>>,
     /// Only for sort: keep the input order of equal elements.
     #[prost(bool, tag = "60")]
     pub is_stable: bool,

@@ -114,11 +114,11 @@ impl Comp {
             ..shape(ElementType::S32, &[])
         };
         self.inst("constant", with_layout.clone(), &[], |i| {
-            i.literal = Some(LiteralProto {
+            i.literal = Some(Box::new(LiteralProto {
                 shape: Some(with_layout),
                 s32s: vec![value],
                 ..Default::default()
-            })
+            }))
         })
     }
 

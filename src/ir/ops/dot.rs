@@ -97,12 +97,12 @@ impl OpRule for Dot {
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
         cx.emit("dot", ty, operands, |i| {
-            i.dot_dimension_numbers = Some(xla_proto::DotDimensionNumbers {
+            i.dot_dimension_numbers = Some(Box::new(xla_proto::DotDimensionNumbers {
                 lhs_contracting_dimensions: self.dims.lhs_contracting.clone(),
                 rhs_contracting_dimensions: self.dims.rhs_contracting.clone(),
                 lhs_batch_dimensions: self.dims.lhs_batch.clone(),
                 rhs_batch_dimensions: self.dims.rhs_batch.clone(),
-            })
+            }))
         })
     }
 }

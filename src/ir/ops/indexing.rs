@@ -244,13 +244,13 @@ impl OpRule for Gather {
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
         cx.emit("gather", ty, operands, |i| {
-            i.gather_dimension_numbers = Some(xla_proto::GatherDimensionNumbers {
+            i.gather_dimension_numbers = Some(Box::new(xla_proto::GatherDimensionNumbers {
                 offset_dims: self.dims.offset_dims.clone(),
                 collapsed_slice_dims: self.dims.collapsed_slice_dims.clone(),
                 start_index_map: self.dims.start_index_map.clone(),
                 index_vector_dim: self.dims.index_vector_dim,
                 ..Default::default()
-            });
+            }));
             i.gather_slice_sizes = self.slice_sizes.clone();
         })
     }
@@ -370,13 +370,13 @@ impl OpRule for Scatter {
             }
         };
         cx.emit("scatter", ty, operands, |i| {
-            i.scatter_dimension_numbers = Some(xla_proto::ScatterDimensionNumbers {
+            i.scatter_dimension_numbers = Some(Box::new(xla_proto::ScatterDimensionNumbers {
                 update_window_dims: self.dims.update_window_dims.clone(),
                 inserted_window_dims: self.dims.inserted_window_dims.clone(),
                 scatter_dims_to_operand_dims: self.dims.scatter_dims_to_operand_dims.clone(),
                 index_vector_dim: self.dims.index_vector_dim,
                 ..Default::default()
-            });
+            }));
             i.indices_are_sorted = self.indices_are_sorted;
             i.unique_indices = self.unique_indices;
             i.called_computation_ids = vec![combiner];
