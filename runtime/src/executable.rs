@@ -373,6 +373,58 @@ impl LoadedExecutable {
         &self.info.name
     }
 
+    /// The program the plugin compiled, after its optimisations
+    /// (`PJRT_Executable_OptimizedProgram`): its format as the plugin names it (XLA's CPU
+    /// plugin: `hlo_with_config`, a serialized `HloModuleProtoWithConfig` whose field 1 is the
+    /// `HloModuleProto`) and its bytes. What XLA made of a graph, for tests and tools.
+    pub fn optimized_program(&self) -> Result<(String, Vec<u8>)> {
+        let api = self.client.api();
+        let f = api
+            .optional
+            .PJRT_Executable_OptimizedProgram
+            .ok_or_else(|| {
+                api.missing(
+                    "PJRT_Executable_OptimizedProgram",
+                    std::mem::offset_of!(sys::PJRT_Api, PJRT_Executable_OptimizedProgram)
+                        + std::mem::size_of::<sys::PJRT_Executable_OptimizedProgram>(),
+                )
+            })?;
+        let mut get_args: sys::PJRT_LoadedExecutable_GetExecutable_Args = new_args();
+        get_args.loaded_executable = self.raw;
+        // SAFETY: live executable; the returned PJRT_Executable is ours to destroy.
+        unsafe { api.check((api.fns.PJRT_LoadedExecutable_GetExecutable)(&mut get_args))? };
+        let mut program: sys::PJRT_Program = new_args();
+        let mut args: sys::PJRT_Executable_OptimizedProgram_Args = new_args();
+        args.executable = get_args.executable;
+        args.program = &mut program;
+        // SAFETY: live executable; with a null `code` the plugin only sets `code_size` (and the
+        // format, which it owns).
+        let mut result = unsafe { api.check(f(&mut args)) };
+        let mut code = Vec::new();
+        if result.is_ok() {
+            code = vec![0u8; program.code_size];
+            program.code = code.as_mut_ptr().cast();
+            // SAFETY: `code` holds the `code_size` bytes the plugin asked for.
+            result = unsafe { api.check(f(&mut args)) };
+        }
+        let format = if result.is_ok() && !program.format.is_null() {
+            // SAFETY: the plugin's `format_size` bytes, live with the executable.
+            let name = unsafe {
+                std::slice::from_raw_parts(program.format.cast::<u8>(), program.format_size)
+            };
+            String::from_utf8_lossy(name).into_owned()
+        } else {
+            String::new()
+        };
+        let mut destroy_args: sys::PJRT_Executable_Destroy_Args = new_args();
+        destroy_args.executable = get_args.executable;
+        // SAFETY: destroyed once, after the last read of what it owns.
+        unsafe { api.check((api.fns.PJRT_Executable_Destroy)(&mut destroy_args))? };
+        result?;
+        code.truncate(program.code_size);
+        Ok((format, code))
+    }
+
     /// The compiled executable's bytes (`PJRT_Executable_Serialize`), for a cache that
     /// [`Client::load_serialized`] reads back on a later run with the same plugin.
     pub fn serialize(&self) -> Result<Vec<u8>> {

@@ -84,6 +84,7 @@ pjrt_args! {
     PJRT_Event_IsReady_Args => PJRT_Event_IsReady_Args_STRUCT_SIZE,
     PJRT_Executable_Serialize_Args => PJRT_Executable_Serialize_Args_STRUCT_SIZE,
     PJRT_Executable_DeserializeAndLoad_Args => PJRT_Executable_DeserializeAndLoad_Args_STRUCT_SIZE,
+    PJRT_Executable_OptimizedProgram_Args => PJRT_Executable_OptimizedProgram_Args_STRUCT_SIZE,
 }
 
 /// A zeroed args struct with `struct_size` set: the PJRT calling convention (pjrt.md §1).
@@ -205,6 +206,7 @@ optional_entry_points! {
     PJRT_Buffer_UnsafePointer,
     PJRT_Executable_Serialize,
     PJRT_Executable_DeserializeAndLoad,
+    PJRT_Executable_OptimizedProgram,
 }
 
 /// Fails with the first entry point (in `PJRT_Api` order) that does not fit in `struct_size`.
