@@ -183,7 +183,8 @@ pub struct ModelInfo {
 /// value tensor of `shape`, zero-initialised by the runtime.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KvState {
-    /// `[max_batch_size, kv_heads_per_rank, max_seq_len, head_dim]`.
+    /// `[max_batch_size, kv_heads_per_rank, max_seq_len, head_dim]`, or the last three when the
+    /// state holds one sequence and the set was built without its size-1 row dim.
     pub shape: Vec<i64>,
     pub dtype: DType,
     pub layers: usize,

@@ -450,6 +450,44 @@ fn options_are_deduplicated_checked_and_recorded() {
         .find(|g| g["kind"] == "token_generation")
         .expect("a tkg graph");
     assert_eq!(tkg["decode_rows"], "in_place");
+    // One sequence's state has no row dim in the cpu preset (phi-3-mini-4k at tp 2: 16 KV
+    // heads per rank, 16 positions, head_dim 96), and the cache inputs are declared so.
+    assert_eq!(options["single_row_state"], "Squeezed");
+    assert_eq!(options["decode_scores"], "KeysFirst");
+    assert_eq!(m["kv_state"]["shape"], serde_json::json!([16, 16, 96]));
+    assert_eq!(m["kv_state"]["max_batch_size"], 1);
+    let cache_input = |m: &serde_json::Value| {
+        m["graphs"][0]["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["role"] == "kv_cache")
+            .map(|i| i["shape"].clone())
+            .expect("a cache input")
+    };
+    assert_eq!(cache_input(&m), m["kv_state"]["shape"]);
+    // Two sequences keep the row dim, and so does a squeezed state asked for explicitly not.
+    let r = small(&["--preset", "cpu", "--batch", "2"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = read();
+    assert_eq!(m["kv_state"]["shape"], serde_json::json!([2, 16, 16, 96]));
+    assert_eq!(cache_input(&m), m["kv_state"]["shape"]);
+    let r = small(&["--preset", "cpu", "--single-row-state", "rows"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        read()["kv_state"]["shape"],
+        serde_json::json!([1, 16, 16, 96])
+    );
+    // The squeezed state is written by dynamic-update-slice only: any other write is refused
+    // in one line.
+    let r = small(&["--preset", "cpu", "--cache-write", "scatter"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success()
+            && err.contains("dynamic-update-slice only")
+            && err.lines().count() == 1,
+        "{err}"
+    );
     // No preset calls the runtime's kernel; --matvec kernel lists it on every graph that does
     // (the bf16 default: each graph's small-row projections), with every weight kept bf16.
     assert_eq!(options["matvec"], "Xla");

@@ -17,8 +17,8 @@
 use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    AliasKind, CacheWrite, DotResult, Fusion, GqaDot, GraphOptions, GraphSpec, KvDtype, LinearForm,
-    Matvec, PrefillTail, Sampling, VectorOperand,
+    AliasKind, CacheWrite, DecodeScores, DotResult, Fusion, GqaDot, GraphOptions, GraphSpec,
+    KvDtype, LinearForm, Matvec, PrefillTail, Sampling, SingleRowState, VectorOperand,
 };
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
@@ -219,6 +219,29 @@ fn knobs_keep_the_numerics() {
             "the last layer of a prefill on the last token only",
             GraphOptions {
                 prefill_tail: PrefillTail::LastToken,
+                ..default.clone()
+            },
+        ),
+        (
+            "a one-sequence state without its row dim",
+            GraphOptions {
+                single_row_state: SingleRowState::Squeezed,
+                decode_cache_write: CacheWrite::DynamicUpdateSlice,
+                ..default.clone()
+            },
+        ),
+        (
+            "keys-first decode scores",
+            GraphOptions {
+                decode_scores: DecodeScores::KeysFirst,
+                ..default.clone()
+            },
+        ),
+        (
+            "keys-first decode scores, grouped GQA dots",
+            GraphOptions {
+                decode_scores: DecodeScores::KeysFirst,
+                gqa_dot: GqaDot::Grouped,
                 ..default.clone()
             },
         ),

@@ -11,9 +11,9 @@ use phi3_neuron::build::set::{stage_graphs, write_manifest, WriteOptions};
 use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels, Sampling,
-    VectorOperand,
+    AliasKind, CacheWrite, DecodeRows, DecodeScores, DotResult, Fusion, GqaDot, GraphKind,
+    GraphOptions, GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels,
+    Sampling, SingleRowState, VectorOperand,
 };
 use phi3_neuron::models::{embedded_names, resolve};
 use phi3_neuron::neuron::{default_compiler_flags, driver, neff_io_names, Target};
@@ -143,6 +143,16 @@ struct Args {
     /// custom call that only that runtime registers; what `phi3 generate` builds for bf16).
     #[arg(long)]
     matvec: Option<String>,
+    /// The KV state of a set with one cache row (--max-batch-size 1): rows ([1, kv, S, hd], as
+    /// at every batch size; the neuron preset's) or squeezed ([kv, S, hd]: XLA:CPU then updates
+    /// it in place at batch-1 decode instead of copying every cache; the cpu preset's).
+    #[arg(long)]
+    single_row_state: Option<String>,
+    /// Batch-1 decode's attention scores: query-first (q·Kᵀ, as HF and NxD; the neuron
+    /// preset's) or keys-first (K·qᵀ, which XLA:CPU runs without transposing the key cache;
+    /// the cpu preset's).
+    #[arg(long)]
+    decode_scores: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -283,6 +293,16 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
         matvec: match &args.matvec {
             Some(v) => [Matvec::Xla, Matvec::Kernel][pick("matvec", v, &["xla", "kernel"])?],
             None => base.matvec,
+        },
+        single_row_state: match &args.single_row_state {
+            Some(v) => [SingleRowState::Rows, SingleRowState::Squeezed]
+                [pick("single-row-state", v, &["rows", "squeezed"])?],
+            None => base.single_row_state,
+        },
+        decode_scores: match &args.decode_scores {
+            Some(v) => [DecodeScores::QueryFirst, DecodeScores::KeysFirst]
+                [pick("decode-scores", v, &["query-first", "keys-first"])?],
+            None => base.decode_scores,
         },
         kv_dtype: match &args.kv_dtype {
             Some(v) => [KvDtype::Model, KvDtype::F32][pick("kv-dtype", v, &["model", "f32"])?],

@@ -147,6 +147,8 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "vector_operand": format!("{:?}", o.vector_operand),
         "prefill_tail": format!("{:?}", o.prefill_tail),
         "matvec": format!("{:?}", o.matvec),
+        "single_row_state": format!("{:?}", o.single_row_state),
+        "decode_scores": format!("{:?}", o.decode_scores),
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }
@@ -292,12 +294,12 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
             "vocab_padded": plan.vocab_padded, "intermediate_padded": plan.intermediate_padded,
         }),
         kv_state: KvState {
-            shape: vec![
+            shape: options.single_row_state.state_dims(
                 max_batch,
                 plan.kv_heads_per_rank,
                 max_seq_len,
                 plan.head_dim,
-            ],
+            ),
             dtype: options.kv_dtype.resolve(dtype),
             layers: model.num_layers(),
             max_batch_size: max_batch,

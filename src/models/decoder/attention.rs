@@ -3,7 +3,9 @@
 //! (`seq_ids`), the decode read of a bucket's prefix of those rows, and the attention core
 //! that never materialises repeated KV heads.
 //!
-//! The state is `[max_batch, kv_heads_per_rank, S_max, head_dim]` per layer and tensor. A
+//! The state is `[max_batch, kv_heads_per_rank, S_max, head_dim]` per layer and tensor
+//! (`[kv_heads_per_rank, S_max, head_dim]` for one sequence under `SingleRowState::Squeezed`,
+//! whose row is row 0). A
 //! prefill of bucket `n` writes positions `0..n` of row `seq_ids[b]`; a decode step writes
 //! position `position_ids[b]` of row `seq_ids[b]` and attends to positions `0..bucket` of
 //! that row. A batch row whose `seq_ids` (or decode position) is out of range writes nothing:
@@ -11,7 +13,7 @@
 //! writes the slot's old contents back; its outputs are then unspecified.
 
 use super::recorder::Recorder;
-use super::spec::{CacheWrite, DecodeRows, GqaDot, GraphKind};
+use super::spec::{CacheWrite, DecodeRows, DecodeScores, GqaDot, GraphKind};
 use super::{Inputs, LayerInputs};
 use crate::dsl::nn::{apply_rotary, softmax_f32};
 use crate::dsl::{DType, DotDims, GatherDims, OpError, ScatterCombiner, ScatterDims, Tensor};
@@ -50,10 +52,11 @@ pub fn attention_mask(
     allowed.reshape(&dims)
 }
 
-/// Writes `rows` (one sequence's `[1, kv_r, L, hd]`) into `cache` at `[row, 0, position, 0]`,
-/// or leaves the cache as it was when `row` is not a cache row or the rows do not fit at
-/// `position`: dynamic-update-slice would clamp the start and overwrite another sequence, so
-/// an out-of-range write puts the slot's old contents back instead.
+/// Writes `rows` (one sequence's `[1, kv_r, L, hd]`) into `cache` at `[row, 0, position, 0]`
+/// (`[0, position, 0]` of a state without its row dim), or leaves the cache as it was when
+/// `row` is not a cache row or the rows do not fit at `position`: dynamic-update-slice would
+/// clamp the start and overwrite another sequence, so an out-of-range write puts the slot's
+/// old contents back instead.
 fn guarded_update(
     cx: &Recorder<'_>,
     cache: &Tensor,
@@ -71,9 +74,16 @@ fn guarded_update(
         .and(&row.lt(&rows_end)?)?
         .and(&position.ge(&zero)?)?
         .and(&position.le(&last_start)?)?;
-    let starts = [row, &zero, position, &zero];
+    let (rows, starts) = if cx.spec.state_has_rows() {
+        (rows.clone(), vec![row, &zero, position, &zero])
+    } else {
+        (
+            rows.reshape(&rows.dims()[1..])?,
+            vec![&zero, position, &zero],
+        )
+    };
     let old = cache.dynamic_slice(&starts, rows.dims())?;
-    let update = valid.select(rows, &old)?;
+    let update = valid.select(&rows, &old)?;
     cache.dynamic_update_slice(&update, &starts)
 }
 
@@ -207,12 +217,21 @@ pub fn attend(
     // Over a wider state, the query and the probabilities are widened to it (exactly: the
     // probabilities are first rounded to the model's dtype, as with a state of that dtype),
     // and the context comes back in the model's dtype.
-    let scores = q
-        .convert(k.dtype())?
-        .reshape(&view(hd))?
-        .dot_general(k, batched(last, 3))?
-        .convert(DType::F32)?
-        .mul_scalar(scale)?;
+    let q = q.convert(k.dtype())?.reshape(&view(hd))?;
+    let keys_first = cx.spec.kind == GraphKind::TokenGeneration
+        && cx.spec.batch == 1
+        && cx.spec.options.decode_scores == DecodeScores::KeysFirst;
+    let scores = if keys_first {
+        // `[B, kv_r, T, <free>]`, then T moved last: a small transpose of the scores.
+        let mut perm = vec![0, 1];
+        perm.extend((0..free.len() as i64).map(|i| 3 + i));
+        perm.push(2);
+        k.dot_general(&q, batched(3, last))?.transpose(&perm)?
+    } else {
+        q.dot_general(k, batched(last, 3))?
+    }
+    .convert(DType::F32)?
+    .mul_scalar(scale)?;
     // Mask and softmax over [B, kv_r, g, S, T] (a free view of the merged scores).
     let scores = scores.reshape(&[bsz, kv_r, g, s, t])?;
     let masked = allowed.select(&scores, &scores.scalar_like(f32::MIN as f64)?)?;
@@ -259,6 +278,13 @@ pub fn cached_attention(
         GraphKind::ContextEncoding => attend(cx, &q, (&k, v), allowed, scale)?,
         GraphKind::TokenGeneration => {
             let rows = |cache: &Tensor| match cx.spec.options.decode_rows {
+                // A state without its row dim holds one row, so a gather could only read it.
+                _ if !cx.spec.state_has_rows() => {
+                    let prefix = cache.slice_dim(1, 0, cx.spec.bucket)?;
+                    let mut dims = vec![1];
+                    dims.extend(prefix.dims());
+                    prefix.reshape(&dims)
+                }
                 DecodeRows::Gathered => read_rows(cx, cache, &inputs.seq_ids),
                 // Row b is state row b: the bucket's prefix of the state itself.
                 DecodeRows::InPlace => cache.slice_dim(2, 0, cx.spec.bucket),

@@ -19,9 +19,9 @@ pub use attention::KvCache;
 pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
 pub use spec::{
-    AliasKind, CacheWrite, DecodeRows, DotResult, Fusion, GqaDot, GraphKind, GraphOptions,
-    GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels, Sampling,
-    VectorOperand,
+    AliasKind, CacheWrite, DecodeRows, DecodeScores, DotResult, Fusion, GqaDot, GraphKind,
+    GraphOptions, GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels,
+    Sampling, SingleRowState, VectorOperand,
 };
 
 use crate::dsl::{DType, OpError, Tensor};
@@ -163,7 +163,8 @@ pub trait CausalLm {
 /// 3. the weights, as `build` declares them (each the rank's shard);
 /// 4. `rank s32[]`, when on-device token selection runs over vocab-sharded logits;
 /// 5. the KV caches `K_0, V_0, K_1, V_1, ...`, each `[max_batch, kv_heads_per_rank, S_max,
-///    head_dim]`: one state that every graph of a set shares.
+///    head_dim]` (without the row dim for one sequence under [`SingleRowState::Squeezed`]):
+///    one state that every graph of a set shares.
 ///
 /// Outputs: `logits f32[B, V]` (or `[B, V_pad/t]` when left sharded), then `next_token
 /// s32[B]` with on-device token selection, then the updated caches, each aliased to its input.
@@ -208,6 +209,13 @@ pub fn record_causal_lm<M: CausalLm>(
             spec.batch, spec.cache_batch
         ));
     }
+    if !spec.state_has_rows() && spec.options.decode_cache_write != CacheWrite::DynamicUpdateSlice {
+        return bad(format!(
+            "a state without its row dim (single-row state {:?}) is written with \
+             dynamic-update-slice only, not {:?}",
+            spec.options.single_row_state, spec.options.decode_cache_write
+        ));
+    }
     let mut cx = Recorder::new(spec, plan);
     let (bsz, s) = (spec.batch, spec.seq_len);
     let inputs = Inputs {
@@ -245,12 +253,7 @@ pub fn record_causal_lm<M: CausalLm>(
     } else {
         None
     };
-    let kv_dims = [
-        spec.cache_batch,
-        plan.kv_heads_per_rank,
-        spec.max_seq_len,
-        plan.head_dim,
-    ];
+    let kv_dims = spec.kv_state_dims(plan.kv_heads_per_rank, plan.head_dim);
     let kv_dtype = spec.options.kv_dtype.resolve(spec.dtype);
     let mut caches = Vec::with_capacity(layers);
     for layer in 0..layers {

@@ -94,6 +94,39 @@ pub enum PrefillTail {
     LastToken,
 }
 
+/// The KV state's shape when it holds one sequence (`max_batch_size` 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SingleRowState {
+    /// `[1, kv_heads, S, head_dim]`, as at every other batch size (NxD's).
+    #[default]
+    Rows,
+    /// `[kv_heads, S, head_dim]`, without the size-1 row dim. XLA:CPU strips size-1 dims from a
+    /// dot's operands by bitcasting them, so with the row dim a batch-1 decode's attention reads
+    /// a bitcast of the state that the step updates in place and returns aliased; XLA then
+    /// fuses the update into that read a second time and copies every value cache twice per
+    /// step (docs/decode-performance.md has the cost, which grows with the cache length).
+    /// Without the dim, the update is in place and the attention reads it as it is. The
+    /// runtime contract is unchanged: a runtime allocates the state from the manifest's
+    /// `kv_state.shape`.
+    Squeezed,
+}
+
+impl SingleRowState {
+    /// Whether a state of `rows` sequences keeps its row dim: always, but for one sequence
+    /// with [`SingleRowState::Squeezed`].
+    pub fn has_rows(self, rows: i64) -> bool {
+        rows != 1 || self == SingleRowState::Rows
+    }
+
+    /// The dims of each cache of a state of `rows` sequences:
+    /// `[rows, kv_heads, max_seq_len, head_dim]`, or the last three.
+    pub fn state_dims(self, rows: i64, kv_heads: i64, max_seq_len: i64, head_dim: i64) -> Vec<i64> {
+        let dims = [rows, kv_heads, max_seq_len, head_dim];
+        let from = usize::from(!self.has_rows(rows));
+        dims[from..].to_vec()
+    }
+}
+
 /// The element type of the KV state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KvDtype {
@@ -144,6 +177,22 @@ pub enum GqaDot {
     /// Queries viewed `[B, kv, g·S, hd]` (the group and position dims are adjacent, so the
     /// reshape is free): one free dim per operand, as AWS writers' dots have.
     Merged,
+}
+
+/// Operand order of a batch-1 decode's attention-score dot (one query row against the cached
+/// keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DecodeScores {
+    /// `q · Kᵀ`, as HF and every AWS writer write it.
+    #[default]
+    QueryFirst,
+    /// At batch 1, `K · qᵀ`, then the small `[.., T, S]` result transposed to `[.., S, T]`.
+    /// With the query first, XLA:CPU transposes each layer's whole key cache before a batch-1
+    /// product; with the keys first it reads them as they are stored
+    /// (docs/decode-performance.md). Larger batches keep the query first: XLA reads the keys as
+    /// stored either way there, and the two orders measured the same within noise. So does
+    /// prefill, whose scores are a square matrix, not worth transposing.
+    KeysFirst,
 }
 
 /// Whether a projection the checkpoint may store fused (Q|K|V, gate|up) is one weight in the
@@ -207,6 +256,10 @@ pub struct GraphOptions {
     pub prefill_tail: PrefillTail,
     /// Which code multiplies bf16 projections of a few rows.
     pub matvec: Matvec,
+    /// The KV state's shape for one sequence.
+    pub single_row_state: SingleRowState,
+    /// Operand order of decode's attention-score dot.
+    pub decode_scores: DecodeScores,
 }
 
 impl GraphOptions {
@@ -226,6 +279,8 @@ impl GraphOptions {
             gqa_dot: GqaDot::Grouped,
             decode_rows: DecodeRows::InPlace,
             prefill_tail: PrefillTail::LastToken,
+            single_row_state: SingleRowState::Squeezed,
+            decode_scores: DecodeScores::KeysFirst,
             ..GraphOptions::default()
         }
     }
@@ -317,6 +372,8 @@ impl Default for GraphOptions {
             vector_operand: VectorOperand::Direct,
             prefill_tail: PrefillTail::AllTokens,
             matvec: Matvec::Xla,
+            single_row_state: SingleRowState::Rows,
+            decode_scores: DecodeScores::QueryFirst,
         }
     }
 }
@@ -394,6 +451,17 @@ impl GraphSpec {
             cache_batch: rows,
             ..self
         }
+    }
+
+    /// Whether the KV state has its row dim ([`SingleRowState::has_rows`]).
+    pub fn state_has_rows(&self) -> bool {
+        self.options.single_row_state.has_rows(self.cache_batch)
+    }
+
+    /// The dims of each cache of the KV state ([`SingleRowState::state_dims`]).
+    pub fn kv_state_dims(&self, kv_heads: i64, head_dim: i64) -> Vec<i64> {
+        let s = self.options.single_row_state;
+        s.state_dims(self.cache_batch, kv_heads, self.max_seq_len, head_dim)
     }
 
     /// E.g. `cte_b1_s128` (prefill bucket 128) or `tkg_b4_s1024` (decode, batch 4, attending

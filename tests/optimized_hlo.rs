@@ -1,0 +1,116 @@
+//! What XLA:CPU makes of the cpu preset's decode graphs, read back from the compiled
+//! executable (`PJRT_Executable_OptimizedProgram`): a batch-1 decode step must update each
+//! cache in place and read it as it is. With the state's size-1 row dim
+//! (`SingleRowState::Rows`) XLA copies every value cache twice per step, and with the query
+//! first in the score dot (`DecodeScores::QueryFirst`) it transposes every key cache; both
+//! cost a whole cache read and write per layer, so they grow with the cache length
+//! (docs/decode-performance.md). These are structural checks of the pinned plugin's output,
+//! not timings.
+
+mod common;
+
+use common::{client, plugin};
+use phi3_neuron::build::build_graph;
+use phi3_neuron::dsl::DType;
+use phi3_neuron::models::decoder::{DecodeScores, GraphOptions, GraphSpec, SingleRowState};
+use phi3_neuron::models::from_file;
+use pjrt_runtime::CompileOptions;
+use prost::Message;
+use std::path::Path;
+use xla_proto::{HloInstructionProto, HloModuleProto};
+
+/// `HloModuleProtoWithConfig`, the CPU plugin's optimized-program format: the module is field 1
+/// (the config, field 2, is skipped).
+#[derive(Clone, PartialEq, Message)]
+struct WithConfig {
+    #[prost(message, optional, tag = "1")]
+    module: Option<HloModuleProto>,
+}
+
+const CACHE: i64 = 256;
+
+/// The entry instructions of XLA's optimised batch-1 decode graph (fixture `gqa`, tp 1, f32, a
+/// cache of `CACHE` positions) that produce a whole cache's worth of elements, bitcasts aside:
+/// each layer's two in-place writes, and any copy or transpose of a cache. Returns them with
+/// the layer count.
+fn whole_cache_instructions(options: &GraphOptions) -> (Vec<String>, usize) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gqa");
+    let cfg = from_file(&dir.join("config.json")).unwrap();
+    let plan = cfg.plan(1).unwrap();
+    let spec = GraphSpec::token_generation(1, CACHE, DType::F32).with_options(options.clone());
+    let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
+    let exe = client(1)
+        .compile(&built.proto, &CompileOptions::default())
+        .unwrap();
+    let (format, bytes) = exe.optimized_program().unwrap();
+    assert_eq!(
+        format, "hlo_with_config",
+        "the plugin's optimized-program format"
+    );
+    let module = WithConfig::decode(bytes.as_slice())
+        .unwrap()
+        .module
+        .expect("a module");
+    let entry = module
+        .computations
+        .iter()
+        .find(|c| c.id == module.entry_computation_id)
+        .expect("the entry computation");
+    let cache_elements = plan.kv_heads_per_rank * CACHE * plan.head_dim;
+    let elements = |i: &HloInstructionProto| -> i64 {
+        i.shape
+            .as_ref()
+            .map_or(0, |s| s.dimensions.iter().product())
+    };
+    let moves = entry
+        .instructions
+        .iter()
+        .filter(|i| !matches!(i.opcode.as_str(), "parameter" | "bitcast" | "tuple"))
+        .filter(|i| elements(i) == cache_elements)
+        .map(|i| format!("{} {}", i.opcode, i.name))
+        .collect();
+    (moves, cfg.num_layers())
+}
+
+#[test]
+fn batch_one_decode_updates_each_cache_in_place() {
+    let _ = plugin();
+    let cpu = GraphOptions::cpu();
+    assert_eq!(cpu.single_row_state, SingleRowState::Squeezed);
+    assert_eq!(cpu.decode_scores, DecodeScores::KeysFirst);
+    let (moves, layers) = whole_cache_instructions(&cpu);
+    assert_eq!(
+        moves.len(),
+        2 * layers,
+        "the cpu preset's batch-1 decode should only write its {} caches in place: {moves:?}",
+        2 * layers
+    );
+    assert!(
+        moves.iter().all(|m| m.starts_with("fusion ")),
+        "in-place writes are fusions: {moves:?}"
+    );
+
+    // Each form on its own is needed: without either, XLA moves whole caches.
+    for (what, options) in [
+        (
+            "the row dim",
+            GraphOptions {
+                single_row_state: SingleRowState::Rows,
+                ..cpu.clone()
+            },
+        ),
+        (
+            "the query first",
+            GraphOptions {
+                decode_scores: DecodeScores::QueryFirst,
+                ..cpu.clone()
+            },
+        ),
+    ] {
+        let (more, _) = whole_cache_instructions(&options);
+        assert!(
+            more.len() > 2 * layers,
+            "with {what}, XLA was expected to copy or transpose caches: {more:?}"
+        );
+    }
+}
