@@ -30,14 +30,16 @@ struct WithConfig {
 const CACHE: i64 = 256;
 
 /// The entry instructions of XLA's optimised batch-1 decode graph (fixture `gqa`, tp 1, f32, a
-/// cache of `CACHE` positions) that produce a whole cache's worth of elements, bitcasts aside:
-/// each layer's two in-place writes, and any copy or transpose of a cache. Returns them with
-/// the layer count.
-fn whole_cache_instructions(options: &GraphOptions) -> (Vec<String>, usize) {
+/// cache of `CACHE` positions, attending to the first `bucket`) that produce a whole cache's
+/// worth of elements, bitcasts aside: each layer's two in-place writes, and any copy or
+/// transpose of a cache. Returns them with the layer count.
+fn whole_cache_instructions(options: &GraphOptions, bucket: i64) -> (Vec<String>, usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gqa");
     let cfg = from_file(&dir.join("config.json")).unwrap();
     let plan = cfg.plan(1).unwrap();
-    let spec = GraphSpec::token_generation(1, CACHE, DType::F32).with_options(options.clone());
+    let spec = GraphSpec::token_generation(1, CACHE, DType::F32)
+        .with_bucket(bucket)
+        .with_options(options.clone());
     let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
     let exe = client(1)
         .compile(&built.proto, &CompileOptions::default())
@@ -78,19 +80,25 @@ fn batch_one_decode_updates_each_cache_in_place() {
     let cpu = GraphOptions::cpu();
     assert_eq!(cpu.single_row_state, SingleRowState::Squeezed);
     assert_eq!(cpu.decode_scores, DecodeScores::KeysFirst);
-    let (moves, layers) = whole_cache_instructions(&cpu);
-    assert_eq!(
-        moves.len(),
-        2 * layers,
-        "the cpu preset's batch-1 decode should only write its {} caches in place: {moves:?}",
-        2 * layers
-    );
-    assert!(
-        moves.iter().all(|m| m.starts_with("fusion ")),
-        "in-place writes are fusions: {moves:?}"
-    );
+    // Attending to the whole cache, and to a bucket of it (the prefix is cut from the updated
+    // cache, which XLA may not fuse into the cut a second time).
+    for bucket in [CACHE, CACHE / 4] {
+        let (moves, layers) = whole_cache_instructions(&cpu, bucket);
+        assert_eq!(
+            moves.len(),
+            2 * layers,
+            "bucket {bucket}: the cpu preset's batch-1 decode should only write its {} caches in \
+             place: {moves:?}",
+            2 * layers
+        );
+        assert!(
+            moves.iter().all(|m| m.starts_with("fusion ")),
+            "bucket {bucket}: in-place writes are fusions: {moves:?}"
+        );
+    }
 
     // Each form on its own is needed: without either, XLA moves whole caches.
+    let layers = whole_cache_instructions(&cpu, CACHE).1;
     for (what, options) in [
         (
             "the row dim",
@@ -107,7 +115,7 @@ fn batch_one_decode_updates_each_cache_in_place() {
             },
         ),
     ] {
-        let (more, _) = whole_cache_instructions(&options);
+        let (more, _) = whole_cache_instructions(&options, CACHE);
         assert!(
             more.len() > 2 * layers,
             "with {what}, XLA was expected to copy or transpose caches: {more:?}"

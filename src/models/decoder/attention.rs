@@ -279,11 +279,13 @@ pub fn cached_attention(
         GraphKind::TokenGeneration => {
             let rows = |cache: &Tensor| match cx.spec.options.decode_rows {
                 // A state without its row dim holds one row, so a gather could only read it.
+                // The prefix is cut from a view with the row dim: cut from the state as it is,
+                // XLA fuses the step's update into the cut a second time and copies every
+                // cache (tests/optimized_hlo.rs).
                 _ if !cx.spec.state_has_rows() => {
-                    let prefix = cache.slice_dim(1, 0, cx.spec.bucket)?;
                     let mut dims = vec![1];
-                    dims.extend(prefix.dims());
-                    prefix.reshape(&dims)
+                    dims.extend(cache.dims());
+                    cache.reshape(&dims)?.slice_dim(2, 0, cx.spec.bucket)
                 }
                 DecodeRows::Gathered => read_rows(cx, cache, &inputs.seq_ids),
                 // Row b is state row b: the bucket's prefix of the state itself.
