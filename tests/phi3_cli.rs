@@ -111,6 +111,18 @@ fn logits_and_generate_print_the_json_contract() {
     assert_eq!(named("manifest.json").len(), 2);
     let files = walk(cache.path());
     assert_eq!(named("tp0.safetensors").len(), 1, "{files:?}");
+    // The same request again reuses its set. Each set's folder is named by its manifest, which
+    // holds every graph's proto hash: graphs recorded differently (a code change without a new
+    // version) get a folder of their own, never an older run's graphs.
+    assert_eq!(generate("1")["tokens"], case["greedy_16"]);
+    let manifests = named("manifest.json");
+    assert_eq!(manifests.len(), 2, "{manifests:?}");
+    for m in &manifests {
+        let text = std::fs::read_to_string(m).unwrap();
+        let key = phi3_neuron::build::sha256_hex(format!("layout 3\n{text}").as_bytes());
+        let folder = m.parent().and_then(Path::parent).and_then(Path::file_name);
+        assert_eq!(folder.unwrap().to_str(), Some(&key[..32]), "{m:?}");
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

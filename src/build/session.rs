@@ -152,14 +152,16 @@ fn checkpoint_identity(model_dir: &Path) -> Result<String, SessionError> {
     Ok(id)
 }
 
-/// Builds the set `shape` for `model_dir` into `cache_root/<key>/graphs`, where the key hashes
-/// the config, the checkpoint's files, the tensor-parallel degree, the dtype, the set's shape
-/// and knobs, and this tool's version, and shards its weights into
-/// `cache_root/weights-<key>/`, keyed by the config, the checkpoint, the degree, the set's
-/// weight table and this tool's version only: sets that differ in buckets or graph forms but not in their weights
-/// share one copy (9 GB for real-size Phi-3-mini). A later call with the same inputs reuses
-/// both. Each entry is built in a temporary folder and renamed into place, so an interrupted
-/// run leaves nothing half-written under a key.
+/// Records the set `shape` for `model_dir` and keeps it in `cache_root/<key>/graphs`, where the
+/// key hashes the set's manifest (which holds every graph's proto hash, its knobs and its
+/// weight table), and shards its weights into `cache_root/weights-<key>/`, keyed by the config,
+/// the checkpoint, the degree, the set's weight table and this tool's version only: sets that
+/// differ in buckets or graph forms but not in their weights share one copy (9 GB for
+/// real-size Phi-3-mini). Recording a set takes milliseconds, so every call records it, and an
+/// entry is only ever reused for exactly the graphs this code records: a build whose
+/// recording changed without a new version is never served an older build's graphs. Each
+/// entry is built in a temporary folder and renamed into place, so an interrupted run leaves
+/// nothing half-written under a key.
 pub fn prepare_artifacts(
     model_dir: &Path,
     tp: i64,
@@ -176,95 +178,58 @@ pub fn prepare_artifacts(
     let model = from_file(&config_path)?;
     let plan = model.plan(tp)?;
     let checkpoint = checkpoint_identity(model_dir)?;
-    // "layout 2": sets and weights in separate entries (earlier entries held both).
-    let key = crate::files::sha256_hex(
+    let set = memory_set(
+        model.as_ref(),
+        &plan,
+        &shape.specs(dtype, options),
+        Target::Trn1,
+    )?;
+    let manifest_text = set.manifest.to_json_pretty();
+    // "layout 3": sets keyed on their manifest (layout 2 keyed them on their inputs).
+    let key = crate::files::sha256_hex(format!("layout 3\n{manifest_text}").as_bytes());
+    let entry = cache_root.join(&key[..32]);
+    // The sharded weights depend only on the checkpoint and the set's weight table (names,
+    // shapes, dtypes, layouts, shard rules), not on its buckets or forms: every set with the
+    // same table shares one copy.
+    let table =
+        serde_json::to_string(&set.manifest.weights).expect("weight declarations serialise");
+    let wkey = crate::files::sha256_hex(
         format!(
-            "layout 2\n{}\n{checkpoint}\n{tp}\n{dtype}\n{shape:?}\n{options:?}\n{}",
+            "{}\n{checkpoint}\n{tp}\n{table}\n{}",
             String::from_utf8_lossy(&config),
             env!("CARGO_PKG_VERSION"),
         )
         .as_bytes(),
     );
-    let entry = cache_root.join(&key[..32]);
-    // The sharded weights depend only on the checkpoint and the set's weight table (names,
-    // shapes, dtypes, layouts, shard rules), not on its buckets or forms: every set with the
-    // same table shares one copy.
-    let weights_dir = |weights: &[crate::weights::WeightDecl]| {
-        let table = serde_json::to_string(weights).expect("weight declarations serialise");
-        let wkey = crate::files::sha256_hex(
-            format!(
-                "{}\n{checkpoint}\n{tp}\n{table}\n{}",
-                String::from_utf8_lossy(&config),
-                env!("CARGO_PKG_VERSION"),
-            )
-            .as_bytes(),
-        );
-        cache_root.join(format!("weights-{}", &wkey[..32]))
-    };
-    let manifest_path = entry.join("graphs/manifest.json");
-    if manifest_path.is_file() {
-        let manifest = Manifest::read(&manifest_path)?;
-        let weights = weights_dir(&manifest.weights);
-        let built = ensure_weights(model_dir, &manifest, tp, &weights)?;
-        return Ok(Artifacts {
-            graphs: entry.join("graphs"),
-            weights,
-            built,
-        });
+    let weights = cache_root.join(format!("weights-{}", &wkey[..32]));
+    let mut built = ensure_weights(model_dir, &set.manifest, tp, &weights)?;
+    let manifest_file = "graphs/manifest.json";
+    if !entry.join(manifest_file).is_file() {
+        // Every file flushed to disk, the manifest last, before the folder is renamed into
+        // place.
+        let staging = staging_for(&entry)?;
+        let graphs = staging.join("graphs");
+        let mut stager = crate::files::Stager::new();
+        let mut files: Vec<(String, &[u8])> = (set.protos.iter())
+            .map(|(name, bytes)| (format!("{name}.hlo.pb"), bytes.as_slice()))
+            .collect();
+        files.sort();
+        files.push(("manifest.json".into(), manifest_text.as_bytes()));
+        for (file, bytes) in files {
+            let path = graphs.join(file);
+            stager.stage(&path, bytes).map_err(write_error(&path))?;
+        }
+        stager
+            .commit()
+            .map_err(|(path, error)| super::SetError::Write { path, error })?;
+        crate::files::sync_dir(&graphs);
+        publish(&staging, &entry, manifest_file)?;
+        built = true;
     }
-    let staging = staging_for(&entry)?;
-    std::fs::create_dir_all(staging.join("graphs")).map_err(write_error(&staging))?;
-    let specs = shape.specs(dtype, options);
-    let (written, staged) = super::set::stage_graphs(
-        model.as_ref(),
-        &plan,
-        &specs,
-        &staging.join("graphs"),
-        super::set::WriteOptions {
-            pb: true,
-            txt: false,
-            dot: false,
-            jobs: None,
-        },
-        &|| {},
-    )?;
-    staged.commit()?;
-    let built: Vec<&super::BuiltGraph> = written.iter().map(|(b, _)| b).collect();
-    let weights = super::manifest::weights_table(&built)?;
-    let entries = written
-        .iter()
-        .map(|(b, files)| {
-            super::manifest::graph_entry(
-                model.as_ref(),
-                &super::manifest::GraphArtifact {
-                    built: b,
-                    files: files.clone(),
-                    compiler_flags: crate::neuron::default_compiler_flags(
-                        b.recorded.spec.kind,
-                        Target::Trn1,
-                    ),
-                    compile: None,
-                },
-            )
-        })
-        .collect();
-    let set = super::manifest::SetInfo {
-        model: model.as_ref(),
-        plan: &plan,
-        dtype,
-        target: Target::Trn1.name(),
-        options,
-        specs: &specs,
-    };
-    let manifest = super::manifest::manifest(&set, weights, entries);
-    let weights = weights_dir(&manifest.weights);
-    ensure_weights(model_dir, &manifest, tp, &weights)?;
-    super::set::write_manifest(&staging.join("graphs"), &manifest)?;
-    publish(&staging, &entry, "graphs/manifest.json")?;
     Ok(Artifacts {
         graphs: entry.join("graphs"),
         weights,
-        built: true,
+        built,
     })
 }
 
