@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::client::{Client, ClientInner, Device};
 use crate::element_type::{as_bytes, ElementType, NativeType};
 use crate::error::{Error, Result};
-use crate::plugin::{new_args, vec_from_raw};
+use crate::plugin::{new_args, optional_fn, vec_from_raw};
 use crate::sys;
 
 /// An array on one device.
@@ -206,13 +206,7 @@ impl Buffer {
     /// allocation is used without a copy.
     pub fn device_pointer(&self) -> Result<usize> {
         let api = self.client.api();
-        let f = api.optional.PJRT_Buffer_UnsafePointer.ok_or_else(|| {
-            api.missing(
-                "PJRT_Buffer_UnsafePointer",
-                std::mem::offset_of!(sys::PJRT_Api, PJRT_Buffer_UnsafePointer)
-                    + std::mem::size_of::<sys::PJRT_Buffer_UnsafePointer>(),
-            )
-        })?;
+        let f = optional_fn!(api, PJRT_Buffer_UnsafePointer)?;
         let mut args: sys::PJRT_Buffer_UnsafePointer_Args = new_args();
         args.buffer = self.raw;
         // SAFETY: live buffer.

@@ -13,7 +13,7 @@ use crate::buffer::Buffer;
 use crate::client::{Client, ClientInner, Device};
 use crate::element_type::ElementType;
 use crate::error::{Error, Result};
-use crate::plugin::{new_args, vec_from_raw};
+use crate::plugin::{new_args, optional_fn, vec_from_raw};
 use crate::sys;
 
 /// The subset of XLA's compile options this project uses.
@@ -273,16 +273,7 @@ impl Client {
     pub fn load_serialized(&self, serialized: &[u8], module: &[u8]) -> Result<LoadedExecutable> {
         let info = ModuleInfo::of(&HloModuleProto::decode(module)?);
         let api = self.inner.api();
-        let f = api
-            .optional
-            .PJRT_Executable_DeserializeAndLoad
-            .ok_or_else(|| {
-                api.missing(
-                    "PJRT_Executable_DeserializeAndLoad",
-                    std::mem::offset_of!(sys::PJRT_Api, PJRT_Executable_DeserializeAndLoad)
-                        + std::mem::size_of::<sys::PJRT_Executable_DeserializeAndLoad>(),
-                )
-            })?;
+        let f = optional_fn!(api, PJRT_Executable_DeserializeAndLoad)?;
         let mut args: sys::PJRT_Executable_DeserializeAndLoad_Args = new_args();
         args.client = self.inner.raw;
         args.serialized_executable = serialized.as_ptr().cast();
@@ -328,20 +319,13 @@ impl Client {
             .map(|raw| self.inner.device_by_raw(raw).cloned())
             .collect::<Result<_>>()?;
 
-        let mut get_args: sys::PJRT_LoadedExecutable_GetExecutable_Args = new_args();
-        get_args.loaded_executable = exe.raw;
-        // SAFETY: live executable; the returned PJRT_Executable is ours to destroy.
-        unsafe { api.check((api.fns.PJRT_LoadedExecutable_GetExecutable)(&mut get_args))? };
-        let mut num_args: sys::PJRT_Executable_NumOutputs_Args = new_args();
-        num_args.executable = get_args.executable;
-        // SAFETY: live executable.
-        let num_result = unsafe { api.check((api.fns.PJRT_Executable_NumOutputs)(&mut num_args)) };
-        let mut destroy_args: sys::PJRT_Executable_Destroy_Args = new_args();
-        destroy_args.executable = get_args.executable;
-        // SAFETY: destroyed once, whether or not NumOutputs succeeded.
-        unsafe { api.check((api.fns.PJRT_Executable_Destroy)(&mut destroy_args))? };
-        num_result?;
-        exe.num_outputs = num_args.num_outputs;
+        exe.num_outputs = exe.with_executable(|executable| {
+            let mut num_args: sys::PJRT_Executable_NumOutputs_Args = new_args();
+            num_args.executable = executable;
+            // SAFETY: live executable.
+            unsafe { api.check((api.fns.PJRT_Executable_NumOutputs)(&mut num_args))? };
+            Ok(num_args.num_outputs)
+        })?;
         Ok(exe)
     }
 }
@@ -379,97 +363,84 @@ impl LoadedExecutable {
     /// `HloModuleProto`) and its bytes. What XLA made of a graph, for tests and tools.
     pub fn optimized_program(&self) -> Result<(String, Vec<u8>)> {
         let api = self.client.api();
-        let f = api
-            .optional
-            .PJRT_Executable_OptimizedProgram
-            .ok_or_else(|| {
-                api.missing(
-                    "PJRT_Executable_OptimizedProgram",
-                    std::mem::offset_of!(sys::PJRT_Api, PJRT_Executable_OptimizedProgram)
-                        + std::mem::size_of::<sys::PJRT_Executable_OptimizedProgram>(),
-                )
-            })?;
+        let f = optional_fn!(api, PJRT_Executable_OptimizedProgram)?;
+        self.with_executable(|executable| {
+            let mut program: sys::PJRT_Program = new_args();
+            let mut args: sys::PJRT_Executable_OptimizedProgram_Args = new_args();
+            args.executable = executable;
+            args.program = &mut program;
+            // SAFETY: live executable; with a null `code` the plugin only sets `code_size` (and
+            // the format, which it owns).
+            unsafe { api.check(f(&mut args))? };
+            let mut code = vec![0u8; program.code_size];
+            program.code = code.as_mut_ptr().cast();
+            // SAFETY: `code` holds the `code_size` bytes the plugin asked for.
+            unsafe { api.check(f(&mut args))? };
+            code.truncate(program.code_size);
+            let format = if program.format.is_null() {
+                String::new()
+            } else {
+                // SAFETY: the plugin's `format_size` bytes, live with the executable.
+                let name = unsafe {
+                    std::slice::from_raw_parts(program.format.cast::<u8>(), program.format_size)
+                };
+                String::from_utf8_lossy(name).into_owned()
+            };
+            Ok((format, code))
+        })
+    }
+
+    /// Runs `f` on this executable's `PJRT_Executable` (`PJRT_LoadedExecutable_GetExecutable`),
+    /// then destroys that, whether or not `f` succeeded.
+    fn with_executable<T>(
+        &self,
+        f: impl FnOnce(*mut sys::PJRT_Executable) -> Result<T>,
+    ) -> Result<T> {
+        let api = self.client.api();
         let mut get_args: sys::PJRT_LoadedExecutable_GetExecutable_Args = new_args();
         get_args.loaded_executable = self.raw;
         // SAFETY: live executable; the returned PJRT_Executable is ours to destroy.
         unsafe { api.check((api.fns.PJRT_LoadedExecutable_GetExecutable)(&mut get_args))? };
-        let mut program: sys::PJRT_Program = new_args();
-        let mut args: sys::PJRT_Executable_OptimizedProgram_Args = new_args();
-        args.executable = get_args.executable;
-        args.program = &mut program;
-        // SAFETY: live executable; with a null `code` the plugin only sets `code_size` (and the
-        // format, which it owns).
-        let mut result = unsafe { api.check(f(&mut args)) };
-        let mut code = Vec::new();
-        if result.is_ok() {
-            code = vec![0u8; program.code_size];
-            program.code = code.as_mut_ptr().cast();
-            // SAFETY: `code` holds the `code_size` bytes the plugin asked for.
-            result = unsafe { api.check(f(&mut args)) };
-        }
-        let format = if result.is_ok() && !program.format.is_null() {
-            // SAFETY: the plugin's `format_size` bytes, live with the executable.
-            let name = unsafe {
-                std::slice::from_raw_parts(program.format.cast::<u8>(), program.format_size)
-            };
-            String::from_utf8_lossy(name).into_owned()
-        } else {
-            String::new()
-        };
+        let result = f(get_args.executable);
         let mut destroy_args: sys::PJRT_Executable_Destroy_Args = new_args();
         destroy_args.executable = get_args.executable;
-        // SAFETY: destroyed once, after the last read of what it owns.
+        // SAFETY: destroyed once, after `f`'s last use of it.
         unsafe { api.check((api.fns.PJRT_Executable_Destroy)(&mut destroy_args))? };
-        result?;
-        code.truncate(program.code_size);
-        Ok((format, code))
+        result
     }
 
     /// The compiled executable's bytes (`PJRT_Executable_Serialize`), for a cache that
     /// [`Client::load_serialized`] reads back on a later run with the same plugin.
     pub fn serialize(&self) -> Result<Vec<u8>> {
         let api = self.client.api();
-        let f = api.optional.PJRT_Executable_Serialize.ok_or_else(|| {
-            api.missing(
-                "PJRT_Executable_Serialize",
-                std::mem::offset_of!(sys::PJRT_Api, PJRT_Executable_Serialize)
-                    + std::mem::size_of::<sys::PJRT_Executable_Serialize>(),
-            )
-        })?;
-        let mut get_args: sys::PJRT_LoadedExecutable_GetExecutable_Args = new_args();
-        get_args.loaded_executable = self.raw;
-        // SAFETY: live executable; the returned PJRT_Executable is ours to destroy.
-        unsafe { api.check((api.fns.PJRT_LoadedExecutable_GetExecutable)(&mut get_args))? };
-        let mut args: sys::PJRT_Executable_Serialize_Args = new_args();
-        args.executable = get_args.executable;
-        // SAFETY: live executable.
-        let result = unsafe { api.check(f(&mut args)) };
-        let bytes = if result.is_ok() && !args.serialized_bytes.is_null() {
-            // SAFETY: the plugin hands out `serialized_bytes_size` readable bytes, owned by
-            // `serialized_executable` until its deleter runs.
-            unsafe {
-                std::slice::from_raw_parts(
-                    args.serialized_bytes.cast::<u8>(),
-                    args.serialized_bytes_size,
-                )
+        let f = optional_fn!(api, PJRT_Executable_Serialize)?;
+        self.with_executable(|executable| {
+            let mut args: sys::PJRT_Executable_Serialize_Args = new_args();
+            args.executable = executable;
+            // SAFETY: live executable.
+            let result = unsafe { api.check(f(&mut args)) };
+            let bytes = if result.is_ok() && !args.serialized_bytes.is_null() {
+                // SAFETY: the plugin hands out `serialized_bytes_size` readable bytes, owned by
+                // `serialized_executable` until its deleter runs.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        args.serialized_bytes.cast::<u8>(),
+                        args.serialized_bytes_size,
+                    )
+                }
+                .to_vec()
+            } else {
+                Vec::new()
+            };
+            if let (Some(deleter), false) = (
+                args.serialized_executable_deleter,
+                args.serialized_executable.is_null(),
+            ) {
+                // SAFETY: the deleter frees the serialized executable once.
+                unsafe { deleter(args.serialized_executable) };
             }
-            .to_vec()
-        } else {
-            Vec::new()
-        };
-        if let (Some(deleter), false) = (
-            args.serialized_executable_deleter,
-            args.serialized_executable.is_null(),
-        ) {
-            // SAFETY: the deleter frees the serialized executable once.
-            unsafe { deleter(args.serialized_executable) };
-        }
-        let mut destroy_args: sys::PJRT_Executable_Destroy_Args = new_args();
-        destroy_args.executable = get_args.executable;
-        // SAFETY: destroyed once.
-        unsafe { api.check((api.fns.PJRT_Executable_Destroy)(&mut destroy_args))? };
-        result?;
-        Ok(bytes)
+            result.map(|()| bytes)
+        })
     }
 
     /// Runs the executable on all its devices.

@@ -201,6 +201,20 @@ macro_rules! optional_entry_points {
     };
 }
 
+/// The optional entry point `$name` of `$api` (an [`Api`]), or [`Error::MissingEntryPoint`]
+/// naming it and the table size it needs.
+macro_rules! optional_fn {
+    ($api:expr, $name:ident) => {
+        $api.optional.$name.ok_or_else(|| {
+            $api.missing(
+                stringify!($name),
+                std::mem::offset_of!(sys::PJRT_Api, $name) + std::mem::size_of::<sys::$name>(),
+            )
+        })
+    };
+}
+pub(crate) use optional_fn;
+
 optional_entry_points! {
     PJRT_Event_IsReady,
     PJRT_Buffer_UnsafePointer,
