@@ -13,7 +13,7 @@ use crate::buffer::Buffer;
 use crate::client::{Client, ClientInner, Device};
 use crate::element_type::ElementType;
 use crate::error::{Error, Result};
-use crate::plugin::{new_args, optional_fn, vec_from_raw};
+use crate::plugin::{new_args, optional_fn, string_from_raw, vec_from_raw};
 use crate::sys;
 
 /// The subset of XLA's compile options this project uses.
@@ -377,15 +377,8 @@ impl LoadedExecutable {
             // SAFETY: `code` holds the `code_size` bytes the plugin asked for.
             unsafe { api.check(f(&mut args))? };
             code.truncate(program.code_size);
-            let format = if program.format.is_null() {
-                String::new()
-            } else {
-                // SAFETY: the plugin's `format_size` bytes, live with the executable.
-                let name = unsafe {
-                    std::slice::from_raw_parts(program.format.cast::<u8>(), program.format_size)
-                };
-                String::from_utf8_lossy(name).into_owned()
-            };
+            // SAFETY: NULL or the plugin's `format_size` bytes, live with the executable.
+            let format = unsafe { string_from_raw(program.format, program.format_size) };
             Ok((format, code))
         })
     }

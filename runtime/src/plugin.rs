@@ -465,15 +465,8 @@ impl PluginInner {
         msg_args.error = err;
         // SAFETY: `err` is live; the message is borrowed from it and copied before destroy.
         unsafe { (self.fns.PJRT_Error_Message)(&mut msg_args) };
-        let message = if msg_args.message.is_null() {
-            String::new()
-        } else {
-            // SAFETY: the plugin promises `message_size` readable bytes at `message`.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(msg_args.message.cast::<u8>(), msg_args.message_size)
-            };
-            String::from_utf8_lossy(bytes).into_owned()
-        };
+        // SAFETY: NULL or the `message_size` readable bytes the plugin promises at `message`.
+        let message = unsafe { string_from_raw(msg_args.message, msg_args.message_size) };
         let mut code_args: sys::PJRT_Error_GetCode_Args = new_args();
         code_args.error = err;
         // SAFETY: `err` is live.
