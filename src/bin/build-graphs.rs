@@ -347,9 +347,9 @@ fn main() -> ExitCode {
 
 /// Every graph of a set allocates and frees the same few MiB (its instruction list, proto
 /// bytes and text). glibc serves such blocks from fresh mmaps and gives freed heap back to the
-/// kernel, so each graph faulted its pages in again; kept in the heap, they are reused: a third
-/// fewer page faults and about 6 % off the whole default build (BENCHMARKS.md). The process
-/// is short-lived, so what it keeps is returned at exit.
+/// kernel, so each graph faulted its pages in again; kept in the heap, they are reused (a third
+/// fewer page faults for the default set). The process is short-lived, so what it keeps is
+/// returned at exit.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters, here before any other thread exists.

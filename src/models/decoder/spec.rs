@@ -267,8 +267,10 @@ impl GraphOptions {
     /// bf16): per-sequence dynamic-update-slice cache
     /// writes, `[in, out]` weights multiplied as `x · W`, and decode rows that are the state's
     /// rows (no gather of the cache; measured beside JAX in BENCHMARKS.md and
-    /// docs/decode-performance.md), and a prefill whose last layer runs its MLP on the last
-    /// token only ([`PrefillTail::LastToken`]). The defaults stay NxD's forms for Neuron until
+    /// docs/decode-performance.md), a prefill whose last layer runs its MLP on the last
+    /// token only ([`PrefillTail::LastToken`]), and a one-sequence state without its row dim
+    /// read keys-first at batch 1 ([`SingleRowState::Squeezed`], [`DecodeScores::KeysFirst`]),
+    /// so that batch-1 decode copies no cache. The defaults stay NxD's forms for Neuron until
     /// neuronx-cc has compared them.
     pub fn cpu() -> Self {
         GraphOptions {
