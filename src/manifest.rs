@@ -129,7 +129,8 @@ pub struct GraphEntry {
     /// False when the graph needs a Neuron-only custom call (the CPU plugin cannot run it).
     pub runs_on_cpu: bool,
     /// Custom-call targets the runtime provides itself and must register before compiling the
-    /// graph (`phi3_neuron.bf16_matvec`); empty for a graph any XLA runtime runs.
+    /// graph (`phi3_neuron.bf16_matvec`, `phi3_neuron.f32_matvec`); empty for a graph any XLA
+    /// runtime runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime_kernels: Vec<String>,
     /// The knobs the graph was recorded with.

@@ -508,6 +508,18 @@ fn options_are_deduplicated_checked_and_recorded() {
             serde_json::json!(["phi3_neuron.bf16_matvec"])
         );
     }
+    // In f32 the kernel is the f32 one, on the cpu preset's [in, out] weights; prefill's 16
+    // rows keep XLA's dots but its last-token logits take the kernel.
+    let r = small(&["--preset", "cpu", "--matvec", "kernel", "--dtype", "f32"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for g in read()["graphs"].as_array().unwrap() {
+        assert_eq!(
+            g["runtime_kernels"],
+            serde_json::json!(["phi3_neuron.f32_matvec"]),
+            "{}",
+            g["name"]
+        );
+    }
     let r = small(&["--decode-rows", "sideways"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(

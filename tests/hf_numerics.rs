@@ -337,7 +337,7 @@ fn bf16_gathered_vector_is_an_identity() {
     };
     for f in FIXTURES {
         let gathers = |batch: i64, options: &GraphOptions| {
-            decode_instructions(f, batch, options, &|i| i.opcode == "gather")
+            decode_instructions(f, batch, DType::BF16, options, &|i| i.opcode == "gather")
         };
         assert!(
             gathers(1, &gathered) > gathers(1, &direct),
@@ -350,7 +350,7 @@ fn bf16_gathered_vector_is_an_identity() {
         );
 
         check(f, 1, DType::BF16, 0.03, 8, &gathered);
-        same_logits_stepwise(f, [&direct, &gathered], 4.0);
+        same_logits_stepwise(f, DType::BF16, [&direct, &gathered], BF16_ULPS_4);
     }
 }
 
@@ -359,12 +359,13 @@ fn bf16_gathered_vector_is_an_identity() {
 fn decode_instructions(
     f: &str,
     batch: i64,
+    dtype: DType,
     options: &GraphOptions,
     what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool,
 ) -> usize {
     let cfg = from_file(&fixture_dir(f).join("config.json")).unwrap();
     let plan = cfg.plan(1).unwrap();
-    let spec = GraphSpec::token_generation(batch, 64, DType::BF16).with_options(options.clone());
+    let spec = GraphSpec::token_generation(batch, 64, dtype).with_options(options.clone());
     let built = phi3_neuron::build::build_graph(cfg.as_ref(), &plan, &spec).unwrap();
     built
         .proto
@@ -376,16 +377,16 @@ fn decode_instructions(
 }
 
 /// Runs fixture `f`'s first prompt, then 8 batch-1 decode steps fed HF's greedy tokens, in two
-/// engines of the given options (tp 1, bf16), and checks that their logits differ by at most
-/// `ulps` bf16 ulps of the largest logit at every step.
-fn same_logits_stepwise(f: &str, options: [&GraphOptions; 2], ulps: f32) {
+/// engines of the given options (tp 1, `dtype`), and checks that their logits differ by at
+/// most `rel` of the largest logit at every step.
+fn same_logits_stepwise(f: &str, dtype: DType, options: [&GraphOptions; 2], rel: f32) {
     use phi3_neuron::run::{DecodeRow, PrefillRow, SamplerRow};
 
     let dir = fixture_dir(f);
     let c = &cases(f)[0];
     let max_seq_len = (c.prompt.len() as i64 + 8 + 7) / 8 * 8;
     let engines = options.map(|o| {
-        engine_from_checkpoint(&plugin(), &dir, 1, DType::BF16, max_seq_len, o.clone()).unwrap()
+        engine_from_checkpoint(&plugin(), &dir, 1, dtype, max_seq_len, o.clone()).unwrap()
     });
     let mut states = engines.each_ref().map(|e| e.new_state().unwrap());
     let greedy = SamplerRow::GREEDY;
@@ -417,7 +418,7 @@ fn same_logits_stepwise(f: &str, options: [&GraphOptions; 2], ulps: f32) {
         let diff = max_abs_diff(&outs[0], &outs[1]);
         eprintln!("{f} step {k}: max |a - b| {diff:e} (max |logit| {scale})");
         assert!(
-            diff <= ulps * scale / 128.0,
+            diff <= rel * scale,
             "{f} step {k}: the two forms' logits differ by {diff:e} (max |logit| {scale})"
         );
     }
@@ -442,7 +443,7 @@ fn bf16_matvec_kernel_matches_xla_and_hf() {
         let count = |batch: i64,
                      options: &GraphOptions,
                      what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool| {
-            decode_instructions(f, batch, options, what)
+            decode_instructions(f, batch, DType::BF16, options, what)
         };
         let is_kernel = |i: &xla_proto::HloInstructionProto| {
             i.opcode == "custom-call" && i.custom_call_target == MATVEC_KERNEL_TARGET
@@ -466,7 +467,60 @@ fn bf16_matvec_kernel_matches_xla_and_hf() {
         for tp in [1, 2] {
             check(f, tp, DType::BF16, 0.03, 8, &kernel);
         }
-        same_logits_stepwise(f, [&xla, &kernel], 4.0);
+        same_logits_stepwise(f, DType::BF16, [&xla, &kernel], BF16_ULPS_4);
+    }
+}
+
+/// Four bf16 ulps of the largest logit, as a fraction of it: what two summation orders of the
+/// same bf16 products may differ by.
+const BF16_ULPS_4: f32 = 4.0 / 128.0;
+
+/// The runtime's f32 kernel (`Matvec::Kernel` in `cpu_runtime_for(F32)`, `[in, out]` weights)
+/// takes every f32 projection of up to 8 rows: each of the batch-1 and batch-8 decode graphs'
+/// projections becomes one kernel call, the batch-16 graph (16 rows) keeps XLA dots. Against
+/// HF at tp 1 and 2 (two devices calling the kernel at once) with the f32 tolerance and 16
+/// greedy tokens, and against the XLA form of the same preset step by step (different
+/// summation orders), on the Phi-3 fixtures and a Llama one with biases and a tied head.
+#[test]
+fn f32_matvec_kernel_matches_xla_and_hf() {
+    use phi3_neuron::ir::ops::F32_MATVEC_KERNEL_TARGET;
+
+    let kernel = GraphOptions::cpu_runtime_for(DType::F32);
+    assert_eq!(kernel.matvec, Matvec::Kernel);
+    let xla = GraphOptions {
+        matvec: Matvec::Xla,
+        ..kernel.clone()
+    };
+    assert_eq!(xla, GraphOptions::cpu_for(DType::F32));
+    for f in FIXTURES.iter().chain(&["llama_bias_tied"]) {
+        let count = |batch: i64,
+                     options: &GraphOptions,
+                     what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool| {
+            decode_instructions(f, batch, DType::F32, options, what)
+        };
+        let is_kernel = |i: &xla_proto::HloInstructionProto| {
+            i.opcode == "custom-call" && i.custom_call_target == F32_MATVEC_KERNEL_TARGET
+        };
+        let is_dot = |i: &xla_proto::HloInstructionProto| i.opcode == "dot";
+        for batch in [1, 8] {
+            let calls = count(batch, &kernel, &is_kernel);
+            let dots_gone = count(batch, &xla, &is_dot) - count(batch, &kernel, &is_dot);
+            assert!(calls > 0, "{f}: batch {batch} has no kernel call");
+            assert_eq!(
+                calls, dots_gone,
+                "{f}: batch {batch}: each kernel call replaces a dot"
+            );
+        }
+        assert_eq!(
+            count(16, &kernel, &is_kernel),
+            0,
+            "{f}: 16 rows took the kernel"
+        );
+
+        for tp in [1, 2] {
+            check(f, tp, DType::F32, 1e-4, 16, &kernel);
+        }
+        same_logits_stepwise(f, DType::F32, [&xla, &kernel], 1e-5);
     }
 }
 

@@ -132,8 +132,10 @@ fn runtime_kernels(graph: &crate::ir::Graph) -> Vec<String> {
     let targets: std::collections::BTreeSet<&str> = graph
         .node_ids()
         .into_iter()
-        .filter(|&id| matches!(graph.node(id).op, crate::ir::Op::MatvecKernel(_)))
-        .map(|_| crate::ir::ops::MATVEC_KERNEL_TARGET)
+        .filter_map(|id| match &graph.node(id).op {
+            crate::ir::Op::MatvecKernel(k) => Some(k.target()),
+            _ => None,
+        })
         .collect();
     targets.into_iter().map(String::from).collect()
 }

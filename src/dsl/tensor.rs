@@ -517,12 +517,11 @@ impl Tensor {
         self.builder.record(Dot { dims, out }, &[self, rhs])
     }
 
-    /// `self · wᵀ` through the runtime's bf16 matrix-vector kernel: bf16 `[m, k]` and bf16
-    /// `[n, k]` → f32 `[m, n]` ([`crate::ir::ops::MatvecKernel`]).
+    /// `self` `[m, k]` times `w` through one of the runtime's matrix-vector kernels → f32
+    /// `[m, n]`: bf16 `w [n, k]` or f32 `w [k, n]` ([`crate::ir::ops::MatvecKernel`]).
     #[track_caller]
-    pub fn matvec_kernel(&self, w: &Tensor) -> R {
-        self.builder
-            .record(crate::ir::ops::MatvecKernel, &[self, w])
+    pub fn matvec_kernel(&self, w: &Tensor, kernel: crate::ir::ops::MatvecKernel) -> R {
+        self.builder.record(kernel, &[self, w])
     }
 
     /// `[..., K] · [K, N] → [..., N]`.

@@ -4,6 +4,7 @@
 //! the form is [`LinearForm::InputMajor`], whose weights are stored `[in, out]`.
 
 use crate::dsl::{DType, DotDims, OpError, ReduceKind, ReplicaGroups, Tensor};
+use crate::ir::ops::MatvecKernel;
 
 /// The tensor-parallel group: `degree` ranks, all in one replica group; and how its linears
 /// lay out their matmuls.
@@ -17,8 +18,9 @@ pub struct TensorParallel {
     /// A low-precision projection of a single row takes its vector through an identity
     /// gather (`GraphOptions::vector_operand`).
     pub gather_vector: bool,
-    /// A bf16 projection of at most [`KERNEL_MAX_ROWS`] rows runs in the runtime's
-    /// matrix-vector kernel (`GraphOptions::matvec`).
+    /// A projection of at most [`KERNEL_MAX_ROWS`] rows runs in one of the runtime's
+    /// matrix-vector kernels (`GraphOptions::matvec`): bf16 with `[out, in]` weights, f32 with
+    /// `[in, out]` ones.
     pub matvec_kernel: bool,
 }
 
@@ -137,9 +139,10 @@ pub fn linear_as(x: &Tensor, weight: &Tensor, form: LinearForm) -> Result<Tensor
 /// writers emit: Neuron accumulates in fp32 and rounds once either way) and the bias is
 /// added in that dtype. With `gather_vector`, a low-precision product of a single row takes
 /// that row through an identity gather first ([`gathered_vector`]). With `matvec_kernel`, a
-/// bf16 product of at most [`KERNEL_MAX_ROWS`] rows with an `[out, in]` weight is the
-/// runtime's kernel instead ([`Tensor::matvec_kernel`]): the same f32 sums, then the same bias
-/// and rounding.
+/// product of at most [`KERNEL_MAX_ROWS`] rows is one of the runtime's kernels instead
+/// ([`Tensor::matvec_kernel`]) when one takes its operands: bf16 with an `[out, in]` weight,
+/// or f32 with an `[in, out]` one ([`LinearForm::InputMajor`]). The same f32 sums, then the
+/// same bias and rounding.
 #[track_caller]
 pub fn linear_with_bias(
     x: &Tensor,
@@ -154,14 +157,17 @@ pub fn linear_with_bias(
         matvec_kernel,
     } = options;
     let rows = x.dims()[..x.rank() - 1].iter().product::<i64>();
-    let kernel = matvec_kernel
-        && f32_result
-        && rows <= KERNEL_MAX_ROWS
-        && x.dtype() == DType::BF16
-        && weight.dtype() == DType::BF16
-        && !form.transposes_weights();
+    let kernel = if !matvec_kernel || rows > KERNEL_MAX_ROWS {
+        None
+    } else {
+        match (x.dtype(), weight.dtype(), form.transposes_weights()) {
+            (DType::BF16, DType::BF16, false) if f32_result => Some(MatvecKernel::Bf16),
+            (DType::F32, DType::F32, true) => Some(MatvecKernel::F32),
+            _ => None,
+        }
+    };
     let single_row = rows == 1;
-    let gather = !kernel
+    let gather = kernel.is_none()
         && gather_vector
         && f32_result
         && single_row
@@ -185,12 +191,15 @@ pub fn linear_with_bias(
     };
     let (x, weight) = (&x, &weight);
     let low_precision = f32_result && matches!(x.dtype(), DType::BF16 | DType::F16);
-    let mut y = if kernel {
-        // [rows, in] · [out, in]ᵀ → [rows, out] in f32, back to x's leading dims.
+    let mut y = if let Some(kernel) = kernel {
+        // [rows, in] times the weight → [rows, out] in f32, back to x's leading dims.
         let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = weight.dims()[0];
+        *dims.last_mut().expect("rank >= 1") = match kernel {
+            MatvecKernel::Bf16 => weight.dims()[0],
+            MatvecKernel::F32 => weight.dims()[1],
+        };
         x.reshape(&[rows, x.dims()[x.rank() - 1]])?
-            .matvec_kernel(weight)?
+            .matvec_kernel(weight, kernel)?
             .reshape(&dims)?
     } else {
         projection_dot(x, weight, form, low_precision)?

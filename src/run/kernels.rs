@@ -1,14 +1,20 @@
 //! The runtime's own kernels, registered with the PJRT plugin as typed-FFI custom-call targets
 //! before a graph that calls them is compiled (the graph's manifest entry lists them in
-//! `runtime_kernels`).
+//! `runtime_kernels`). Both multiply a few rows by a projection weight, with f32 sums
+//! ([`crate::ir::ops::MatvecKernel`]); each reads every weight byte once, so it is bound by
+//! memory bandwidth, and splits the weight between the calling thread and helpers on XLA's
+//! thread pool.
 //!
-//! One kernel so far: [`MATVEC_KERNEL_TARGET`], `y = x · wᵀ` for a few bf16 rows against a
-//! bf16 `[n, k]` weight, with f32 sums ([`crate::ir::ops::MatvecKernel`]). The product reads
-//! every weight byte once, so it is bound by memory bandwidth: the kernel splits the weight's
-//! rows between the calling thread and helpers on XLA's thread pool. Each reads several rows
-//! far apart side by side, each front to back, and multiplies them by every vector with
-//! AVX-512 BF16 dot products (`vdpbf16ps`: two bf16 products summed into each f32 lane).
-//! Without AVX-512 BF16 it widens the bf16 values to f32 instead.
+//! - [`MATVEC_KERNEL_TARGET`]: `y = x · wᵀ` for bf16 rows against a bf16 `[n, k]` weight. Each
+//!   thread reads several weight rows far apart side by side, each front to back, and
+//!   multiplies them by every vector with AVX-512 BF16 dot products (`vdpbf16ps`: two bf16
+//!   products summed into each f32 lane). Without AVX-512 BF16 it widens the bf16 values to
+//!   f32 instead.
+//! - [`F32_MATVEC_KERNEL_TARGET`]: `y = x · w` for f32 rows against an f32 `[k, n]` weight
+//!   (the `[in, out]` layout). The weight's rows are cut into contiguous parts, each read
+//!   front to back eight rows at a time into a partial result of its own (AVX2 and FMA, or
+//!   plain loops without them); the partials are then summed in part order, so a result does
+//!   not depend on which thread took which part.
 
 use std::collections::BTreeSet;
 use std::ffi::c_void;
@@ -20,7 +26,7 @@ use half::bf16;
 use pjrt_runtime::ffi::{handle, FfiBuffer, FfiThreadPool, XlaFfiCallFrame, XlaFfiError};
 use pjrt_runtime::{ElementType, Plugin};
 
-pub use crate::ir::ops::MATVEC_KERNEL_TARGET;
+pub use crate::ir::ops::{F32_MATVEC_KERNEL_TARGET, MATVEC_KERNEL_TARGET};
 
 /// XLA's platform name for the CPU plugin's handlers.
 const PLATFORM: &str = "Host";
@@ -46,6 +52,7 @@ pub fn register(plugin: &Plugin, targets: &[String]) -> Result<(), String> {
         }
         let handler = match target.as_str() {
             MATVEC_KERNEL_TARGET => matvec_handler,
+            F32_MATVEC_KERNEL_TARGET => f32_matvec_handler,
             _ => return Err(format!("this runtime has no kernel named {target}")),
         };
         plugin
@@ -109,22 +116,91 @@ fn matvec_call(args: &[FfiBuffer], rets: &[FfiBuffer], pool: &FfiThreadPool) -> 
         k as usize,
         n as usize,
         threads(),
-        |job| {
-            let data = Arc::into_raw(job) as *mut c_void;
-            // SAFETY: the task takes back the `Arc` it is given, which keeps the job alive.
-            if !unsafe { pool.schedule(run_job, data) } {
-                // SAFETY: not scheduled: the `Arc` is still ours.
-                drop(unsafe { Arc::from_raw(data as *const Job) });
-            }
-        },
+        pool_spawn(pool),
     );
     Ok(())
+}
+
+unsafe extern "C" fn f32_matvec_handler(frame: *mut XlaFfiCallFrame) -> *mut XlaFfiError {
+    // SAFETY: XLA passes the handler its own call frame.
+    unsafe { handle(frame, F32_MATVEC_KERNEL_TARGET, f32_matvec_call) }
+}
+
+/// Checks the call's buffers against the f32 kernel's signature and runs it.
+fn f32_matvec_call(
+    args: &[FfiBuffer],
+    rets: &[FfiBuffer],
+    pool: &FfiThreadPool,
+) -> Result<(), String> {
+    let ([x, w], [y]) = (args, rets) else {
+        return Err(format!(
+            "wants 2 operands and 1 result, got {} and {}",
+            args.len(),
+            rets.len()
+        ));
+    };
+    let signature = || {
+        format!(
+            "wants f32[m, k], f32[k, n] -> f32[m, n], got {}, {} -> {}",
+            describe(x),
+            describe(w),
+            describe(y)
+        )
+    };
+    let (&[m, k], &[k2, n], &[ym, yn]) = (&x.dims[..], &w.dims[..], &y.dims[..]) else {
+        return Err(signature());
+    };
+    if k != k2 || ym != m || yn != n {
+        return Err(signature());
+    }
+    // SAFETY: as in `matvec_call`.
+    let (xs, ws, ys) = unsafe {
+        (
+            x.slice::<f32>(ElementType::F32),
+            w.slice::<f32>(ElementType::F32),
+            y.slice_mut::<f32>(ElementType::F32),
+        )
+    };
+    let (Some(xs), Some(ws), Some(ys)) = (xs, ws, ys) else {
+        return Err(signature());
+    };
+    f32_matvec_with(
+        xs,
+        ws,
+        ys,
+        m as usize,
+        k as usize,
+        n as usize,
+        threads(),
+        pool_spawn(pool),
+    );
+    Ok(())
+}
+
+/// Hands a helper of a [`Job`] to XLA's intra-op pool; a helper XLA does not take is dropped
+/// (the calling thread does its parts).
+fn pool_spawn(pool: &FfiThreadPool) -> impl Fn(Arc<Job>) + '_ {
+    move |job| {
+        let data = Arc::into_raw(job) as *mut c_void;
+        // SAFETY: the task takes back the `Arc` it is given, which keeps the job alive.
+        if !unsafe { pool.schedule(run_job, data) } {
+            // SAFETY: not scheduled: the `Arc` is still ours.
+            drop(unsafe { Arc::from_raw(data as *const Job) });
+        }
+    }
 }
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` with f32 sums, outside a graph: each helper is a thread of
 /// its own (the kernel inside a graph takes them from XLA's pool: see [`matvec_with`]).
 pub fn matvec(x: &[bf16], w: &[bf16], y: &mut [f32], m: usize, k: usize, n: usize) {
     matvec_with(x, w, y, m, k, n, threads(), |job| {
+        std::thread::spawn(move || job.work());
+    });
+}
+
+/// `y[m, n] = x[m, k] · w[k, n]` with f32 sums, outside a graph (as [`matvec`]).
+pub fn f32_matvec(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    f32_matvec_with(x, w, y, m, k, n, threads(), |job| {
         std::thread::spawn(move || job.work());
     });
 }
@@ -141,13 +217,8 @@ unsafe extern "C" fn run_job(data: *mut c_void) {
     job.work();
 }
 
-/// [`matvec`] over `threads` threads: the calling thread cuts the rows into parts, hands
-/// `threads - 1` helpers to `spawn`, and claims parts itself until none are left, then waits
-/// for the parts the helpers claimed. A helper that starts late finds the parts taken and
-/// leaves, so a call never waits for a pool to wake up. Inside a graph the helpers go to XLA's
-/// intra-op pool, whose idle threads are spinning for work while the custom call runs: with
-/// helpers from a pool of its own (rayon, tried first), the kernel shared the two cores with
-/// them, and the bench model's batch-1 decode took 25-26 ms, against 21-25 ms this way.
+/// [`matvec`] over `threads` threads: the weight's rows cut into a few parts per thread
+/// ([`for_each_part`]), each part writing its own columns of `y`.
 #[allow(clippy::too_many_arguments)]
 fn matvec_with(
     x: &[bf16],
@@ -162,25 +233,119 @@ fn matvec_with(
     assert_eq!(x.len(), m * k, "x is [m, k]");
     assert_eq!(w.len(), n * k, "w is [n, k]");
     assert_eq!(y.len(), m * n, "y is [m, n]");
+    let out = Out(y.as_mut_ptr());
     if n * k < PARALLEL_FROM || threads <= 1 {
         // SAFETY: one caller writes all of `y`.
-        unsafe { rows(x, w, Out(y.as_mut_ptr()), m, k, n, 0, n) };
+        unsafe { rows(x, w, out, m, k, n, 0, n) };
         return;
     }
     // A few parts per thread, so that a thread the OS delays leaves its parts to the others
     // instead of holding up the call.
     let chunk = n.div_ceil(threads * PARTS_PER_THREAD);
+    for_each_part(n.div_ceil(chunk), threads, spawn, &|part| {
+        let (n0, n1) = (part * chunk, ((part + 1) * chunk).min(n));
+        // SAFETY: `y` is live until `for_each_part` returns, and the part's columns are its
+        // own.
+        unsafe { rows(x, w, out, m, k, n, n0, n1) };
+    });
+}
+
+/// [`f32_matvec`] over `threads` threads: the weight's rows cut into contiguous parts, each
+/// read front to back into a partial `[m, n]` of its own, then the partials summed in part
+/// order. The parts depend on `threads` only, so a result does not depend on which thread
+/// took which part.
+#[allow(clippy::too_many_arguments)]
+fn f32_matvec_with(
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    spawn: impl Fn(Arc<Job>),
+) {
+    assert_eq!(x.len(), m * k, "x is [m, k]");
+    assert_eq!(w.len(), k * n, "w is [k, n]");
+    assert_eq!(y.len(), m * n, "y is [m, n]");
+    y.fill(0.0);
+    if n * k < PARALLEL_FROM || threads <= 1 {
+        // SAFETY: `y` is `[m, n]`, this call's alone.
+        unsafe { f32_rows(x, w, y.as_mut_ptr(), m, k, n, 0..k) };
+        return;
+    }
+    // Parts of whole groups of rows, two per thread.
+    let groups = k.div_ceil(F32_ROWS);
+    let span = groups.div_ceil((threads * 2).min(groups)) * F32_ROWS;
+    let parts = k.div_ceil(span);
+    SCRATCH.with(|scratch| {
+        let mut partials = scratch.take();
+        let size = m * n;
+        if partials.len() < (parts - 1) * size {
+            partials.resize((parts - 1) * size, 0.0);
+        }
+        partials[..(parts - 1) * size].fill(0.0);
+        // Part 0 sums into `y` itself, part p into partial p - 1.
+        let (ys, ps) = (Out(y.as_mut_ptr()), Out(partials.as_mut_ptr()));
+        for_each_part(parts, threads, spawn, &|part| {
+            let rows = part * span..((part + 1) * span).min(k);
+            // SAFETY: `y` and the partials are live until `for_each_part` returns, and each
+            // part writes its own `[m, n]`.
+            let out = match part {
+                0 => ys.at(0),
+                p => ps.at((p - 1) * size),
+            };
+            unsafe { f32_rows(x, w, out, m, k, n, rows) };
+        });
+        for partial in partials[..(parts - 1) * size].chunks_exact(size) {
+            for (a, b) in y.iter_mut().zip(partial) {
+                *a += b;
+            }
+        }
+        scratch.set(partials);
+    });
+}
+
+/// Weight rows read side by side by [`f32_rows`].
+const F32_ROWS: usize = 8;
+
+/// Columns of the weight per step of [`f32_rows`]: [`F32_ROWS`] rows of this many f32s (16 KiB)
+/// stay in the L1 cache while each block of 4 vectors goes over them.
+const F32_COLUMNS: usize = 512;
+
+thread_local! {
+    /// The partial results of [`f32_matvec_with`], kept between calls so that each call does
+    /// not fault in fresh pages.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `work(part)` for every part in `0..parts`: the calling thread hands `threads - 1`
+/// helpers to `spawn`, claims parts itself until none are left, then waits for the parts the
+/// helpers claimed. A helper that starts late finds the parts taken and leaves, so a call
+/// never waits for a pool to wake up. Inside a graph the helpers go to XLA's intra-op pool,
+/// whose idle threads are spinning for work while the custom call runs: with helpers from a
+/// pool of its own (rayon, tried first), the bf16 kernel shared the two cores with them, and
+/// the bench model's batch-1 decode took 25-26 ms, against 21-25 ms this way.
+fn for_each_part(
+    parts: usize,
+    threads: usize,
+    spawn: impl Fn(Arc<Job>),
+    work: &(dyn Fn(usize) + Sync),
+) {
+    // SAFETY: only the lifetime is erased. `work` is called for claimed parts only, and this
+    // function returns only after every part is finished, so no call outlives the borrow.
+    let work = unsafe {
+        std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
+            work,
+        )
+    };
     let job = Arc::new(Job {
-        x: (x.as_ptr(), x.len()),
-        w: (w.as_ptr(), w.len()),
-        y: Out(y.as_mut_ptr()),
-        shape: (m, k, n),
-        chunk,
-        parts: n.div_ceil(chunk),
+        work,
+        parts,
         next: AtomicUsize::new(0),
         finished: AtomicUsize::new(0),
     });
-    for _ in 1..threads {
+    for _ in 1..threads.min(parts) {
         spawn(Arc::clone(&job));
     }
     job.work();
@@ -195,13 +360,10 @@ fn matvec_with(
     }
 }
 
-/// One call's rows, shared by the caller and its helpers.
+/// One call's parts, shared by the caller and its helpers.
 struct Job {
-    x: (*const bf16, usize),
-    w: (*const bf16, usize),
-    y: Out,
-    shape: (usize, usize, usize),
-    chunk: usize,
+    /// What to do with a claimed part (see [`for_each_part`] for its lifetime).
+    work: *const (dyn Fn(usize) + Sync),
     parts: usize,
     /// The next unclaimed part.
     next: AtomicUsize,
@@ -209,35 +371,39 @@ struct Job {
     finished: AtomicUsize,
 }
 
-// SAFETY: the pointers are read (x, w) or written in disjoint parts (y) only for a claimed
-// part, and `matvec_with` returns only after every claimed part is finished, so they are live then.
+// SAFETY: `work` is `Sync` and is called only for a claimed part, while `for_each_part` is
+// still waiting, so it is live then.
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
     fn work(&self) {
-        let (m, k, n) = self.shape;
         loop {
             let part = self.next.fetch_add(1, Ordering::Relaxed);
             if part >= self.parts {
                 return;
             }
-            let (n0, n1) = (part * self.chunk, ((part + 1) * self.chunk).min(n));
-            // SAFETY: a claimed part: `matvec_with` is still waiting, so the slices are live, and
-            // the part's columns of `y` are this thread's alone.
-            unsafe {
-                let x = std::slice::from_raw_parts(self.x.0, self.x.1);
-                let w = std::slice::from_raw_parts(self.w.0, self.w.1);
-                rows(x, w, self.y, m, k, n, n0, n1);
-            }
+            // SAFETY: a claimed part: `for_each_part` is still waiting (see above).
+            unsafe { (*self.work)(part) };
             self.finished.fetch_add(1, Ordering::Release);
         }
     }
 }
 
-/// `y`'s base pointer, shared by the threads that write disjoint columns of it.
+/// A result's base pointer, shared by the threads that write disjoint parts of it.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
+
+// SAFETY: each thread writes only its own part of the result (see the users).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer `offset` f32s on (as a method, so that a closure captures the whole `Out`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
 
 /// Columns `n0..n1` of `y`, for every row of `x` (in blocks of at most 8 rows).
 ///
@@ -420,6 +586,172 @@ mod avx512 {
     }
 }
 
+/// `y[m, n] += x[:, rows] · w[rows, :]`, where `x` is `[m, k]` and `w` is `[k, n]`: the rows
+/// of `w` in groups of [`F32_ROWS`], each group read in steps of [`F32_COLUMNS`] columns, and
+/// each step multiplied by 4 vectors at a time (AVX2 and FMA when the CPU has them).
+///
+/// # Safety
+/// `y` must point to `m * n` f32s that nothing else touches during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_rows(
+    x: &[f32],
+    w: &[f32],
+    y: *mut f32,
+    m: usize,
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+) {
+    assert!(x.len() == m * k && w.len() == k * n && rows.end <= k);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features; the caller's `y`; the assert bounds `x` and `w`.
+        unsafe { avx2::rows(x.as_ptr(), w.as_ptr(), y, m, k, n, rows) };
+        return;
+    }
+    // SAFETY: the caller's `y`, `m * n` f32s.
+    portable_f32_rows(
+        x,
+        w,
+        unsafe { std::slice::from_raw_parts_mut(y, m * n) },
+        k,
+        n,
+        rows,
+    );
+}
+
+/// [`f32_rows`] without AVX2 and FMA: plain loops that the compiler vectorises.
+fn portable_f32_rows(
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+) {
+    for r in rows {
+        let wr = &w[r * n..(r + 1) * n];
+        for (i, yr) in y.chunks_exact_mut(n).enumerate() {
+            let xv = x[i * k + r];
+            for (a, b) in yr.iter_mut().zip(wr) {
+                *a += xv * b;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{F32_COLUMNS, F32_ROWS};
+    use std::arch::x86_64::*;
+
+    /// [`super::f32_rows`] with AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `x` is `[m, k]`, `w` is `[k, n]` with `rows.end <= k`,
+    /// and `y` is `[m, n]`, the caller's alone.
+    pub(super) unsafe fn rows(
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        m: usize,
+        k: usize,
+        n: usize,
+        rows: std::ops::Range<usize>,
+    ) {
+        type Group =
+            unsafe fn(*const f32, *const f32, *mut f32, usize, usize, usize, usize, usize, usize);
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let whole = rows.end - r0 >= F32_ROWS;
+            let (step, r1) = if whole {
+                (F32_ROWS, r0 + F32_ROWS)
+            } else {
+                (1, rows.end)
+            };
+            for c0 in (0..n).step_by(F32_COLUMNS) {
+                let c1 = (c0 + F32_COLUMNS).min(n);
+                for m0 in (0..m).step_by(4) {
+                    let f: Group = match ((m - m0).min(4), whole) {
+                        (1, true) => group::<1, F32_ROWS>,
+                        (2, true) => group::<2, F32_ROWS>,
+                        (3, true) => group::<3, F32_ROWS>,
+                        (4, true) => group::<4, F32_ROWS>,
+                        (1, false) => group::<1, 1>,
+                        (2, false) => group::<2, 1>,
+                        (3, false) => group::<3, 1>,
+                        _ => group::<4, 1>,
+                    };
+                    for r in (r0..r1).step_by(step) {
+                        // SAFETY: rows `r..r + step <= rows.end` of `w`, vectors `m0..m0 + 4`
+                        // (at most `m`) of `x` and `y`, columns `c0..c1 <= n`.
+                        unsafe { f(x, w, y, k, n, m0, r, c0, c1) };
+                    }
+                }
+            }
+            r0 = r1;
+        }
+    }
+
+    /// `y[m0 + i, c0..c1] += Σ_r x[m0 + i, r0 + r] · w[r0 + r, c0..c1]` for `i < M`, `r < R`:
+    /// the `R` weight rows are read side by side, 8 columns at a time, and each vector's
+    /// 8 sums are loaded, updated in row order and stored once per step.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn group<const M: usize, const R: usize>(
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        k: usize,
+        n: usize,
+        m0: usize,
+        r0: usize,
+        c0: usize,
+        c1: usize,
+    ) {
+        // SAFETY (every access below): inside rows `r0..r0 + R` and columns `c0..c1` of `w`,
+        // vectors `m0..m0 + M` of `x` and `y` (the caller's bounds).
+        let mut xs = [[_mm256_setzero_ps(); R]; M];
+        let mut xv = [[0f32; R]; M];
+        for i in 0..M {
+            for r in 0..R {
+                xv[i][r] = unsafe { *x.add((m0 + i) * k + r0 + r) };
+                xs[i][r] = _mm256_set1_ps(xv[i][r]);
+            }
+        }
+        let mut wr = [w; R];
+        for r in 0..R {
+            wr[r] = unsafe { w.add((r0 + r) * n) };
+        }
+        let mut c = c0;
+        while c + 8 <= c1 {
+            let mut wv = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                wv[r] = unsafe { _mm256_loadu_ps(wr[r].add(c)) };
+            }
+            for i in 0..M {
+                let yp = unsafe { y.add((m0 + i) * n + c) };
+                let mut a = unsafe { _mm256_loadu_ps(yp) };
+                for r in 0..R {
+                    a = _mm256_fmadd_ps(xs[i][r], wv[r], a);
+                }
+                unsafe { _mm256_storeu_ps(yp, a) };
+            }
+            c += 8;
+        }
+        for c in c..c1 {
+            for i in 0..M {
+                let yp = unsafe { y.add((m0 + i) * n + c) };
+                let mut a = unsafe { *yp };
+                for r in 0..R {
+                    a = xv[i][r].mul_add(unsafe { *wr[r].add(c) }, a);
+                }
+                unsafe { *yp = a };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +806,66 @@ mod tests {
             let mut y = vec![f32::NAN; m * n];
             matvec(&x, &w, &mut y, m, k, n);
             assert_eq!(y, reference(&x, &w, m, k, n), "m {m} k {k} n {n}");
+        }
+    }
+
+    /// The f32 kernel at every vector count a group handles (1-4, and 5-11 in groups of 4),
+    /// row counts that are and are not whole groups of 8 and columns that are and are not
+    /// whole 8-lane chunks and 512-column steps, and products big enough to be cut into
+    /// parts; the same result again (parts summed in a fixed order).
+    #[test]
+    fn f32_kernel_matches_the_reference_at_every_shape_class() {
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.25)
+                .collect()
+        };
+        for (m, k, n) in [
+            (1, 8, 8),
+            (1, 7, 3),
+            (2, 17, 13),
+            (3, 64, 9),
+            (4, 95, 17),
+            (5, 31, 520),
+            (6, 128, 31),
+            (7, 100, 7),
+            (8, 96, 1030),
+            (11, 40, 6),
+            (1, 1024, 300),
+            (4, 3001, 77),
+            (8, 257, 1031),
+        ] {
+            let (x, w) = (values(m * k, 1), values(k * n, 2));
+            let mut want = vec![0f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..k)
+                        .map(|l| f64::from(x[i * k + l]) * f64::from(w[l * n + j]))
+                        .sum();
+                    want[i * n + j] = s as f32;
+                }
+            }
+            let mut y = vec![f32::NAN; m * n];
+            f32_matvec(&x, &w, &mut y, m, k, n);
+            assert_eq!(y, want, "m {m} k {k} n {n}");
+            let mut again = vec![f32::NAN; m * n];
+            f32_matvec(&x, &w, &mut again, m, k, n);
+            assert_eq!(again, y, "m {m} k {k} n {n}: run twice");
+        }
+    }
+
+    #[test]
+    fn the_portable_f32_path_matches_the_reference() {
+        let (m, k, n) = (3, 21, 10);
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 - 2.0).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.5).collect();
+        let mut y = vec![0f32; m * n];
+        portable_f32_rows(&x, &w, &mut y, k, n, 0..k);
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k).map(|l| x[i * k + l] * w[l * n + j]).sum();
+                assert_eq!(y[i * n + j], s, "({i}, {j})");
+            }
         }
     }
 

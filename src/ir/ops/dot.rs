@@ -107,19 +107,38 @@ impl OpRule for Dot {
     }
 }
 
-/// The typed-FFI custom-call target of [`MatvecKernel`]: a bf16 matrix-vector kernel that the
-/// runtime (`run::kernels`) registers with the CPU plugin before it compiles a graph.
+/// The typed-FFI custom-call target of [`MatvecKernel::Bf16`]: a bf16 matrix-vector kernel
+/// that the runtime (`run::kernels`) registers with the CPU plugin before it compiles a graph.
 pub const MATVEC_KERNEL_TARGET: &str = "phi3_neuron.bf16_matvec";
 
-/// `x · wᵀ` for a few rows: `x` bf16 `[m, k]`, `w` bf16 `[n, k]` (a projection weight in HF's
-/// `[out, in]` layout) → f32 `[m, n]`, the same products and f32 sums as
-/// `dot(x, w, contracting 1·1) → f32`, in an order of the kernel's choosing. Lowered to a
-/// typed-FFI `custom-call` of [`MATVEC_KERNEL_TARGET`]: XLA:CPU's own bf16 matrix-vector
-/// products read a real-size weight more slowly than a kernel that streams it row by row with
-/// AVX-512 BF16 dot products (docs/decode-performance.md). Only a runtime that registers the
-/// target runs it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct MatvecKernel;
+/// The typed-FFI custom-call target of [`MatvecKernel::F32`]: the f32 kernel for `[in, out]`
+/// weights, registered the same way.
+pub const F32_MATVEC_KERNEL_TARGET: &str = "phi3_neuron.f32_matvec";
+
+/// A projection of a few rows through one of the runtime's kernels: `x [m, k]` times a weight,
+/// → f32 `[m, n]`, the same products and f32 sums as the XLA dot it replaces, in an order of
+/// the kernel's choosing. Lowered to a typed-FFI `custom-call` of the kernel's target: for a
+/// few rows, XLA:CPU's own products read a weight more slowly than a kernel that streams it
+/// once (docs/decode-performance.md). Only a runtime that registers the target runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatvecKernel {
+    /// bf16 `x [m, k]` and bf16 `w [n, k]` (a projection weight in HF's `[out, in]` layout),
+    /// as `dot(x, w, contracting 1·1) → f32`: [`MATVEC_KERNEL_TARGET`].
+    Bf16,
+    /// f32 `x [m, k]` and f32 `w [k, n]` (the `[in, out]` layout of
+    /// `LinearForm::InputMajor`), as `dot(x, w, contracting 1·0)`: [`F32_MATVEC_KERNEL_TARGET`].
+    F32,
+}
+
+impl MatvecKernel {
+    /// The custom-call target the runtime registers for this kernel.
+    pub fn target(self) -> &'static str {
+        match self {
+            MatvecKernel::Bf16 => MATVEC_KERNEL_TARGET,
+            MatvecKernel::F32 => F32_MATVEC_KERNEL_TARGET,
+        }
+    }
+}
 
 impl OpRule for MatvecKernel {
     fn name(&self) -> &'static str {
@@ -128,28 +147,32 @@ impl OpRule for MatvecKernel {
     fn infer(&self, operands: &[&Type]) -> Result<Type, ShapeError> {
         expect_arity(operands, 2)?;
         let (x, w) = (array(operands, 0)?, array(operands, 1)?);
+        let (dtype, contracting, free, layout) = match self {
+            MatvecKernel::Bf16 => (DType::BF16, 1, 0, "w [n, k]"),
+            MatvecKernel::F32 => (DType::F32, 0, 1, "w [k, n]"),
+        };
         for (what, t) in [("matvec-kernel vector", x), ("matvec-kernel weight", w)] {
-            if t.dtype != DType::BF16 {
+            if t.dtype != dtype {
                 return Err(ShapeError::DTypeNotAllowed {
                     what,
                     dtype: t.dtype,
                 });
             }
         }
-        if x.rank() != 2 || w.rank() != 2 || x.dims[1] != w.dims[1] {
+        if x.rank() != 2 || w.rank() != 2 || x.dims[1] != w.dims[contracting] {
             return Err(ShapeError::invalid(
                 "matvec-kernel",
-                format!("wants x [m, k] and w [n, k], got x {x} and w {w}"),
+                format!("wants x [m, k] and {layout}, got x {x} and w {w}"),
             ));
         }
         Ok(Type::Array(crate::ir::ArrayType::new(
             DType::F32,
-            vec![x.dims[0], w.dims[0]],
+            vec![x.dims[0], w.dims[free]],
         )))
     }
     fn lower(&self, cx: &mut CompEmitter<'_>, operands: &[i64], ty: &Type) -> i64 {
         cx.emit("custom-call", ty, operands, |i| {
-            i.custom_call_target = MATVEC_KERNEL_TARGET.to_string();
+            i.custom_call_target = self.target().to_string();
             i.custom_call_api_version = xla_proto::CustomCallApiVersion::ApiVersionTypedFfi as i32;
         })
     }

@@ -21,7 +21,7 @@ mod sort;
 mod source;
 
 pub use collective::{AllGather, AllReduce, ReduceScatter, ReplicaGroups};
-pub use dot::{Dot, DotDims, MatvecKernel, MATVEC_KERNEL_TARGET};
+pub use dot::{Dot, DotDims, MatvecKernel, F32_MATVEC_KERNEL_TARGET, MATVEC_KERNEL_TARGET};
 pub use elementwise::{Binary, Unary};
 pub use elementwise::{BinaryOp, Clamp, Compare, Convert, Direction, Select, UnaryOp};
 pub use indexing::{

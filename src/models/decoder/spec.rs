@@ -64,19 +64,21 @@ pub enum VectorOperand {
     Gathered,
 }
 
-/// Which code multiplies a bf16 projection of a few rows (decode up to batch 8, the logits of
-/// the last prompt position).
+/// Which code multiplies a projection of a few rows (decode up to batch 8, the logits of the
+/// last prompt position).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Matvec {
     /// XLA's own dot: the graph runs on any XLA runtime.
     #[default]
     Xla,
-    /// The runtime's bf16 matrix-vector kernel, a typed-FFI custom call
-    /// ([`crate::ir::ops::MatvecKernel`]). It streams a real-size bf16 weight faster than
-    /// XLA:CPU's own matrix-vector products do (docs/decode-performance.md has the numbers, per
-    /// machine). Only our runtime registers the kernel, so a set built with it
-    /// runs in `phi3`/[`crate::run::Engine`], not in other XLA runtimes; f32 projections and
-    /// those of more rows stay XLA dots.
+    /// The runtime's matrix-vector kernels, typed-FFI custom calls
+    /// ([`crate::ir::ops::MatvecKernel`]): bf16 projections with `[out, in]` weights and f32
+    /// ones with `[in, out]` weights ([`LinearForm::InputMajor`]). Each reads its weight once,
+    /// at close to the machine's memory bandwidth, where XLA:CPU's own products of 2 to 8 f32
+    /// rows, and of bf16 rows at real size, read it at about half of it
+    /// (docs/decode-performance.md has the numbers, per machine). Only our runtime registers
+    /// the kernels, so a set built with them runs in `phi3`/[`crate::run::Engine`], not in other
+    /// XLA runtimes; projections of more rows stay XLA dots.
     Kernel,
 }
 
@@ -327,15 +329,20 @@ impl GraphOptions {
         }
     }
 
-    /// What our runtime runs fastest on CPU: [`GraphOptions::cpu_for`], and for bf16 the
-    /// runtime's matrix-vector kernel ([`Matvec::Kernel`]) with every weight kept in bf16 (the
-    /// kernel has no cliff at long contractions, so `down_proj` needs no f32 copy). Graphs of
-    /// this preset need the kernel registered, which only [`crate::run::Engine`] does.
+    /// What our runtime runs fastest on CPU: [`GraphOptions::cpu_for`] with the runtime's
+    /// matrix-vector kernels ([`Matvec::Kernel`]) for f32 and bf16. For bf16 every weight stays
+    /// bf16 (the kernel has no cliff at long contractions, so `down_proj` needs no f32 copy);
+    /// f32 keeps its `[in, out]` weights, which its kernel reads as they are. Graphs of this
+    /// preset need the kernels registered, which only [`crate::run::Engine`] does.
     pub fn cpu_runtime_for(dtype: crate::dsl::DType) -> Self {
         match dtype {
             crate::dsl::DType::BF16 => GraphOptions {
                 matvec: Matvec::Kernel,
                 f32_weights_from: None,
+                ..GraphOptions::cpu_for(dtype)
+            },
+            crate::dsl::DType::F32 => GraphOptions {
+                matvec: Matvec::Kernel,
                 ..GraphOptions::cpu_for(dtype)
             },
             _ => GraphOptions::cpu_for(dtype),
