@@ -276,6 +276,21 @@ def hlo_summary(text, cache_shape):
 # Checks
 
 
+VARIANTS = {"xla", "kernels"}
+
+
+def register_kernels(lib_path, plugin):
+    """Registers our runtime's kernels (phi3_neuron.*_matvec) with the plugin jaxlib loaded, through
+    tools/bench-jax/kernels (libphi3_kernels_ffi.so): the sets built with --matvec kernel call them."""
+    import ctypes
+    lib = ctypes.CDLL(os.path.abspath(lib_path))
+    lib.phi3_register_kernels.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.phi3_register_kernels.restype = ctypes.c_int
+    err = ctypes.create_string_buffer(1024)
+    if lib.phi3_register_kernels(os.path.abspath(plugin).encode(), err, len(err)) != 0:
+        raise SystemExit(f"bench-jax: registering the runtime's kernels: {err.value.decode()}")
+
+
 def check_aliasing(tag, ours_call, jax_call):
     """Each side's cache outputs must come back in the device memory of the donated inputs."""
     res = {}
@@ -338,6 +353,8 @@ def run(args):
     import phi3_jax
 
     xla_bridge.register_plugin("xcpu", library_path=args.plugin)
+    if args.kernels_lib:
+        register_kernels(args.kernels_lib, args.plugin)
     info = machine_info(args.plugin)
     dev = jax.devices("xcpu")[0]
     client = dev.client
@@ -352,12 +369,16 @@ def run(args):
     S, T = args.prefill, args.cache_len
     rng = np.random.default_rng(1)
 
-    # --set DTYPE:B=GRAPHS:WEIGHTS
+    # --set DTYPE:B[:VARIANT]=GRAPHS:WEIGHTS
     sets = []
     for s in args.set:
         head, graphs, weights = s.split("=", 1)[0], *s.split("=", 1)[1].split(":")
-        dtype, b = head.split(":")
-        sets.append((dtype, int(b), graphs, weights))
+        dtype, b, variant = (head.split(":") + ["xla"])[:3]
+        if variant not in VARIANTS:
+            raise SystemExit(f"bench-jax: --set {s}: the variant must be one of {sorted(VARIANTS)}")
+        if variant == "kernels" and not args.kernels_lib:
+            raise SystemExit(f"bench-jax: --set {s}: a kernels set needs --kernels-lib")
+        sets.append((dtype, int(b), variant, graphs, weights))
     prefill_b = [int(x) for x in args.prefill_batches.split(",")]
     decode_b = [int(x) for x in args.decode_batches.split(",")]
 
@@ -370,7 +391,7 @@ def run(args):
         params = phi3_jax.load_params(hf, cfg, jdt)
         jax_prefill = phi3_jax.make_step(cfg, decode=False)
         jax_decode = phi3_jax.make_step(cfg, decode=True, cache_write=args.jax_cache_write)
-        for (sdt, B, graphs_dir, weights_file) in sets:
+        for (sdt, B, variant, graphs_dir, weights_file) in sets:
             if sdt != dtype:
                 continue
             names = ([f"cte_b{B}_s{S}"] if B in prefill_b else []) + ([f"tkg_b{B}_s{T}"] if B in decode_b else [])
@@ -419,15 +440,15 @@ def run(args):
                     # the caches written must agree too
                     dc = max(rel_diff(np.ravel(a), np.ravel(b))[0] for a, b in zip(oc, flat(jc)))
                     argmax = float(np.mean(np.argmax(lo, -1) == np.argmax(lj, -1)))
-                    c = {"dtype": dtype, "graph": name, "positions": f"{int(pos_np.min())}..{int(pos_np.max())}",
+                    c = {"dtype": dtype, "variant": variant, "graph": name, "positions": f"{int(pos_np.min())}..{int(pos_np.max())}",
                          "max_abs_diff_rel": d, "max_abs_logit": mx, "cache_max_abs_diff_rel": dc,
                          "argmax_agree": argmax, "tolerance": tol}
                     checks.append(c)
-                    print(f"bench-jax: check {dtype} {name} pos {c['positions']}: max|ours-JAX|/max|logit| = "
+                    print(f"bench-jax: check {dtype} {variant} {name} pos {c['positions']}: max|ours-JAX|/max|logit| = "
                           f"{d:.2e} (max|logit| {mx:.3f}), caches {dc:.2e}, argmax agree {argmax:.2f}",
                           file=sys.stderr)
                     if not (d <= tol and dc <= tol * 10):
-                        raise SystemExit(f"bench-jax: {dtype} {name}: ours and JAX disagree "
+                        raise SystemExit(f"bench-jax: {dtype} {variant} {name}: ours and JAX disagree "
                                          f"({d:.3e} > {tol:.0e} or caches {dc:.3e}); no timing")
                     del oc, jc
                 results["checks"] += checks
@@ -450,27 +471,28 @@ def run(args):
                     jax.block_until_ready(c2)
                     return p, pointers(flat(c2)), all(a.is_deleted() for a in flat(c))
 
-                al = check_aliasing(f"{dtype} {name}", ours_alias, jax_alias)
+                tag = f"{dtype} {name}" + ("" if variant == "xla" else f" {variant}")
+                al = check_aliasing(tag, ours_alias, jax_alias)
                 al["ours"]["compiled_input_output_aliases"] = g.compiled_aliases
                 if g.compiled_aliases != len(g.cache_in):
-                    raise SystemExit(f"bench-jax: {dtype} {name}: {g.compiled_aliases} aliases in the compiled module, "
+                    raise SystemExit(f"bench-jax: {tag}: {g.compiled_aliases} aliases in the compiled module, "
                                      f"{len(g.cache_in)} caches")
-                results["aliasing"][f"{dtype} {name}"] = al
+                results["aliasing"][tag] = al
 
                 # ---- what XLA made of each side (optimised HLO; JAX's through lower().compile())
                 jfn = jax_decode if decode else jax_prefill
                 jtext = jfn.lower(params, phi3_jax.init_caches(cfg, B, T, jdt, dev), ids, pos).compile().as_text()
                 otext = g.exe.hlo_modules()[0].to_string()
-                results.setdefault("hlo", {})[f"{dtype} {name}"] = {
+                results.setdefault("hlo", {})[tag] = {
                     "ours": hlo_summary(otext, ours.kv["shape"]), "jax": hlo_summary(jtext, ours.kv["shape"])}
                 if args.hlo_dir:
                     os.makedirs(args.hlo_dir, exist_ok=True)
                     for side, t in (("ours", otext), ("jax", jtext)):
-                        with open(os.path.join(args.hlo_dir, f"{dtype}-{name}-{side}.txt"), "w") as f:
+                        with open(os.path.join(args.hlo_dir, f"{tag.replace(' ', '-')}-{side}.txt"), "w") as f:
                             f.write(t)
-                print(f"bench-jax: optimised HLO {dtype} {name}: {json.dumps(results['hlo'][f'{dtype} {name}'])}",
+                print(f"bench-jax: optimised HLO {tag}: {json.dumps(results['hlo'][tag])}",
                       file=sys.stderr)
-                print(f"bench-jax: aliasing {dtype} {name}: {json.dumps(al)}", file=sys.stderr)
+                print(f"bench-jax: aliasing {tag}: {json.dumps(al)}", file=sys.stderr)
 
                 # ---- timing: alternating rounds, caches fed back each call
                 def ours_step(c):
@@ -486,10 +508,10 @@ def run(args):
                 calls = args.decode_calls if decode else args.prefill_calls
                 r = alternate(ours_step, ours.zero_caches(), jax_step, phi3_jax.init_caches(cfg, B, T, jdt, dev),
                               args.warmup, args.rounds, calls)
-                r.update({"dtype": dtype, "phase": "decode" if decode else "prefill", "batch": B,
+                r.update({"dtype": dtype, "variant": variant, "phase": "decode" if decode else "prefill", "batch": B,
                           "tokens_per_row": s, "graph": name, "ours_compile_s": g.compile_s})
                 results["cases"].append(r)
-                print(f"bench-jax: {dtype} {r['phase']} B={B}: ours {r['ours_ms']:.2f} ms, JAX {r['jax_ms']:.2f} ms, "
+                print(f"bench-jax: {dtype} {variant} {r['phase']} B={B}: ours {r['ours_ms']:.2f} ms, JAX {r['jax_ms']:.2f} ms, "
                       f"ours/JAX {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})", file=sys.stderr)
             del ours
         del params
@@ -557,15 +579,18 @@ def report(r):
              f"{r['model']['vocab_size']}; prefill {r['prefill_len']} tokens, decode at position "
              f"{r['decode_position']} of a {r['cache_len']} cache. Median ms per call; ratio = ours ÷ JAX "
              f"(min–max of the per-round ratios).", "",
-             "| case | dtype | ours ms | JAX ms | ours ÷ JAX | min–max |", "|---|---|---:|---:|---:|---|"]
+             "Ours: `xla` is the cpu preset (XLA's own dots, runs in any XLA runtime); `kernels` is the "
+             "set `phi3 generate` builds (`--matvec kernel`: the runtime's f32/bf16 kernels for "
+             "products of up to 8 rows, registered with the plugin through its FFI extension).", "",
+             "| case | dtype | ours | ours ms | JAX ms | ours ÷ JAX | min–max |", "|---|---|---|---:|---:|---:|---|"]
     for c in r["cases"]:
         case = f"{c['phase']} B={c['batch']}" + (f" S={r['prefill_len']}" if c["phase"] == "prefill" else "")
-        lines.append(f"| {case} | {c['dtype']} | {c['ours_ms']:.2f} | {c['jax_ms']:.2f} | {c['ratio']:.2f} | "
-                     f"{c['ratio_min']:.2f}–{c['ratio_max']:.2f} |")
+        lines.append(f"| {case} | {c['dtype']} | {c.get('variant', 'xla')} | {c['ours_ms']:.2f} | {c['jax_ms']:.2f} | "
+                     f"{c['ratio']:.2f} | {c['ratio_min']:.2f}–{c['ratio_max']:.2f} |")
     lines += ["", "Agreement before timing (max |ours − JAX| / max |logit|):", "",
-              "| dtype | graph | positions | logits | caches | argmax agree |", "|---|---|---|---:|---:|---:|"]
+              "| dtype | ours | graph | positions | logits | caches | argmax agree |", "|---|---|---|---|---:|---:|---:|"]
     for c in r["checks"]:
-        lines.append(f"| {c['dtype']} | {c['graph']} | {c['positions']} | {c['max_abs_diff_rel']:.1e} | "
+        lines.append(f"| {c['dtype']} | {c.get('variant', 'xla')} | {c['graph']} | {c['positions']} | {c['max_abs_diff_rel']:.1e} | "
                      f"{c['cache_max_abs_diff_rel']:.1e} | {c['argmax_agree']:.2f} |")
     if r.get("hlo"):
         lines += ["", "Optimised HLO (top-level instructions; fusions counted by their root op), ours / JAX:", "",
@@ -600,7 +625,10 @@ def main():
     mm.add_argument("--seed", type=int, default=0)
     rp = sub.add_parser("run")
     rp.add_argument("--model", required=True)
-    rp.add_argument("--set", action="append", required=True, help="DTYPE:B=GRAPHS_DIR:WEIGHTS_FILE")
+    rp.add_argument("--set", action="append", required=True,
+                    help="DTYPE:B[:VARIANT]=GRAPHS_DIR:WEIGHTS_FILE, VARIANT xla (default) or kernels")
+    rp.add_argument("--kernels-lib", help="libphi3_kernels_ffi.so: registers the runtime's kernels with the "
+                    "plugin, for the kernels sets")
     rp.add_argument("--plugin", required=True)
     rp.add_argument("--out", required=True)
     rp.add_argument("--dtypes", default="f32,bf16")

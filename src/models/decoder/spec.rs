@@ -256,7 +256,7 @@ pub struct GraphOptions {
     pub vector_operand: VectorOperand,
     /// What a prefill's last layer computes past its attention.
     pub prefill_tail: PrefillTail,
-    /// Which code multiplies bf16 projections of a few rows.
+    /// Which code multiplies projections of a few rows.
     pub matvec: Matvec,
     /// The KV state's shape for one sequence.
     pub single_row_state: SingleRowState,

@@ -699,6 +699,7 @@ fn run_all(a: &AllArgs) -> Result<(), String> {
         let mut exec = Vec::new();
         for (tp, preset, dtype) in [
             (1, "cpu", "f32"),
+            (1, "cpu-runtime", "f32"),
             (1, "neuron", "f32"),
             (1, "cpu", "bf16"),
             (1, "cpu-runtime", "bf16"),
@@ -920,19 +921,24 @@ fn write_report(r: &Value, path: &Path) -> Result<(), String> {
         let _ = writeln!(
             o,
             "\n## Beside JAX on the same XLA\n\nFrom `tools/bench-jax/run` (its `target/bench/jax.json`, \
-             read by this report when present): our cpu-preset `.hlo.pb` files and a plain JAX \
-             Phi-3 of the same shapes and weights, both compiled and run by one jaxlib client on \
-             the same `xla-cpu-pjrt` plugin, in alternating rounds, after checking that their \
-             logits agree. Ratio = ours ÷ JAX (median of per-round medians; min–max of the \
-             per-round ratios).\n\n| phase | batch | dtype | ours ms | JAX ms | ours ÷ JAX | min–max |\n|---|---:|---|---:|---:|---:|---|"
+             read by this report when present): our `.hlo.pb` files and a plain JAX Phi-3 of the \
+             same shapes and weights, both compiled and run by one jaxlib client on the same \
+             `xla-cpu-pjrt` plugin, in alternating rounds, after checking that their logits \
+             agree. Ours is each graph twice: `xla`, the cpu preset (XLA's own dots: it runs in \
+             any XLA runtime), and `kernels`, the set `phi3 generate` runs (`--matvec kernel`: \
+             products of up to 8 rows in the runtime's f32 and bf16 kernels, which bench.py \
+             registers with the plugin through `tools/bench-jax/kernels`); each is timed against \
+             JAX in rounds of its own. Ratio = ours ÷ JAX (median of per-round medians; min–max \
+             of the per-round ratios).\n\n| phase | batch | dtype | ours | ours ms | JAX ms | ours ÷ JAX | min–max |\n|---|---:|---|---|---:|---:|---:|---|"
         );
         for c in cases {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2}–{:.2} |",
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2}–{:.2} |",
                 c["phase"].as_str().unwrap_or(""),
                 c["batch"],
                 c["dtype"].as_str().unwrap_or(""),
+                c["variant"].as_str().unwrap_or("xla"),
                 num(c, &["ours_ms"]),
                 num(c, &["jax_ms"]),
                 num(c, &["ratio"]),
