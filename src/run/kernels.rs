@@ -9,7 +9,8 @@
 //!   thread reads several weight rows far apart side by side, each front to back, and
 //!   multiplies them by every vector with AVX-512 BF16 dot products (`vdpbf16ps`: two bf16
 //!   products summed into each f32 lane). Without AVX-512 BF16 it widens the bf16 values to
-//!   f32 instead.
+//!   f32 (exactly) and multiplies them with AVX2 FMA, in the same streams; without AVX2 it
+//!   runs plain loops.
 //! - [`F32_MATVEC_KERNEL_TARGET`]: `y = x · w` for f32 rows against an f32 `[k, n]` weight
 //!   (the `[in, out]` layout). The weight's rows are cut into contiguous parts, each read
 //!   front to back eight rows at a time into a partial result of its own (AVX2 and FMA, or
@@ -441,6 +442,15 @@ unsafe fn rows(
             unsafe { avx512::block(&block, n0..n1) };
             continue;
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // The vectors widened to f32 once (exactly), for every weight row to reuse.
+            let xf: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
+            // SAFETY: the CPU has the features; `xf` is `x`'s block, the slices bound the rest.
+            unsafe { avx2::bf16_block(&xf, &block, n0..n1) };
+            continue;
+        }
         // SAFETY: forwarded.
         unsafe { portable_block(&block, n0..n1) };
     }
@@ -457,8 +467,8 @@ struct Block<'a> {
     n: usize,
 }
 
-/// The kernel without AVX-512 BF16: bf16 widened to f32 (exactly), 16 partial sums per
-/// product so that the compiler vectorises it.
+/// The kernel without AVX-512 BF16 or AVX2: bf16 widened to f32 (exactly), 16 partial sums
+/// per product so that the compiler vectorises it.
 ///
 /// # Safety
 /// `b.y` must hold `b.m` rows of `b.n` f32s whose columns `cols` only this call writes.
@@ -690,6 +700,95 @@ mod avx2 {
                 }
             }
             r0 = r1;
+        }
+    }
+
+    /// The bf16 kernel's block ([`super::Block`]) on CPUs without AVX-512 BF16: `xf` is the
+    /// block's vectors widened to f32. As the AVX-512 path, `R` weight rows far apart are read
+    /// side by side (streams), each widened to f32 8 values at a time and multiplied into
+    /// `M * R` f32 accumulators with FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `b` as for `super::portable_block`; `xf` holds
+    /// `b.m * b.k` values; `1 <= b.m <= 8`.
+    pub(super) unsafe fn bf16_block(
+        xf: &[f32],
+        b: &super::Block<'_>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let super::Block { w, y, m, k, n, .. } = *b;
+        assert_eq!(xf.len(), m * k);
+        type Rows = unsafe fn(*const f32, *const half::bf16, *mut f32, usize, usize, usize, usize);
+        let (streams, f, single): (usize, Rows, Rows) = match m {
+            1 => (8, bf16_rows::<1, 8>, bf16_rows::<1, 1>),
+            2 => (4, bf16_rows::<2, 4>, bf16_rows::<2, 1>),
+            3 => (4, bf16_rows::<3, 4>, bf16_rows::<3, 1>),
+            4 => (2, bf16_rows::<4, 2>, bf16_rows::<4, 1>),
+            5 => (2, bf16_rows::<5, 2>, bf16_rows::<5, 1>),
+            6 => (2, bf16_rows::<6, 2>, bf16_rows::<6, 1>),
+            7 => (1, bf16_rows::<7, 1>, bf16_rows::<7, 1>),
+            8 => (1, bf16_rows::<8, 1>, bf16_rows::<8, 1>),
+            _ => unreachable!("blocks hold 1 to 8 rows"),
+        };
+        let h = cols.len() / streams;
+        for j in cols.start..cols.start + h {
+            // SAFETY: rows `j + r * h < cols.end <= n` of `w` exist; the caller's block of `y`.
+            unsafe { f(xf.as_ptr(), w.as_ptr(), y, k, n, j, h) };
+        }
+        for j in cols.start + streams * h..cols.end {
+            // SAFETY: as above, one row.
+            unsafe { single(xf.as_ptr(), w.as_ptr(), y, k, n, j, 0) };
+        }
+    }
+
+    /// Weight rows `j, j + h, .., j + (R - 1) h` (bf16, `[n, k]`) against the `M` f32 vectors:
+    /// `y[i, j + r h] = x[i] · w[j + r h]`, with f32 sums.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bf16_rows<const M: usize, const R: usize>(
+        x: *const f32,
+        w: *const half::bf16,
+        y: *mut f32,
+        k: usize,
+        n: usize,
+        j: usize,
+        h: usize,
+    ) {
+        // SAFETY (every access below): inside rows `j + r h` of `w`, each `k` long, and the `M`
+        // vectors of `x`; `y` as the caller's.
+        let mut row = [w; R];
+        for r in 0..R {
+            row[r] = unsafe { w.add((j + r * h) * k) };
+        }
+        let mut acc = [[_mm256_setzero_ps(); R]; M];
+        let mut kk = 0;
+        while kk + 8 <= k {
+            let mut wv = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                // bf16 → f32: the 16 bits become the top half of each 32-bit lane.
+                let raw = unsafe { _mm_loadu_si128(row[r].add(kk).cast()) };
+                wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+            }
+            for i in 0..M {
+                let xv = unsafe { _mm256_loadu_ps(x.add(i * k + kk)) };
+                for r in 0..R {
+                    acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+                }
+            }
+            kk += 8;
+        }
+        for i in 0..M {
+            for r in 0..R {
+                // The 8 lanes, then the tail, summed in f32.
+                let hi = _mm256_extractf128_ps(acc[i][r], 1);
+                let q = _mm_add_ps(_mm256_castps256_ps128(acc[i][r]), hi);
+                let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                let mut t = _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+                for l in kk..k {
+                    t += unsafe { *x.add(i * k + l) * (*row[r].add(l)).to_f32() };
+                }
+                unsafe { *y.add(i * n + j + r * h) = t };
+            }
         }
     }
 
