@@ -350,7 +350,7 @@ fn bf16_gathered_vector_is_an_identity() {
         );
 
         check(f, 1, DType::BF16, 0.03, 8, &gathered);
-        same_logits_stepwise(f, DType::BF16, [&direct, &gathered], BF16_ULPS_4);
+        same_logits_stepwise(f, DType::BF16, [&direct, &gathered], 4.0 / 128.0);
     }
 }
 
@@ -425,81 +425,62 @@ fn same_logits_stepwise(f: &str, dtype: DType, options: [&GraphOptions; 2], rel:
 }
 
 /// The runtime's bf16 matrix-vector kernel (`Matvec::Kernel`, the `cpu_runtime_for` preset)
-/// takes every bf16 projection of up to 8 rows: each of the batch-1 and batch-8 decode graphs'
-/// projections becomes one kernel call, the batch-16 graph (16 rows) keeps XLA dots. Against
-/// HF at tp 1 and 2 (two devices calling the kernel at once), and against the XLA form of the
-/// same preset step by step within 4 bf16 ulps (different summation orders).
+/// takes every bf16 projection of up to 8 rows ([`kernel_matches_xla_and_hf`]); against HF with
+/// the bf16 tolerance and 8 greedy tokens, and step by step within 4 bf16 ulps of the XLA form.
 #[test]
 fn bf16_matvec_kernel_matches_xla_and_hf() {
-    use phi3_neuron::ir::ops::MATVEC_KERNEL_TARGET;
-
-    let kernel = GraphOptions::cpu_runtime_for(DType::BF16);
-    assert_eq!(kernel.matvec, Matvec::Kernel);
-    let xla = GraphOptions {
-        matvec: Matvec::Xla,
-        ..kernel.clone()
-    };
-    for f in FIXTURES {
-        let count = |batch: i64,
-                     options: &GraphOptions,
-                     what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool| {
-            decode_instructions(f, batch, DType::BF16, options, what)
-        };
-        let is_kernel = |i: &xla_proto::HloInstructionProto| {
-            i.opcode == "custom-call" && i.custom_call_target == MATVEC_KERNEL_TARGET
-        };
-        let is_dot = |i: &xla_proto::HloInstructionProto| i.opcode == "dot";
-        for batch in [1, 8] {
-            let calls = count(batch, &kernel, &is_kernel);
-            let dots_gone = count(batch, &xla, &is_dot) - count(batch, &kernel, &is_dot);
-            assert!(calls > 0, "{f}: batch {batch} has no kernel call");
-            assert_eq!(
-                calls, dots_gone,
-                "{f}: batch {batch}: each kernel call replaces a dot"
-            );
-        }
-        assert_eq!(
-            count(16, &kernel, &is_kernel),
-            0,
-            "{f}: 16 rows took the kernel"
-        );
-
-        for tp in [1, 2] {
-            check(f, tp, DType::BF16, 0.03, 8, &kernel);
-        }
-        same_logits_stepwise(f, DType::BF16, [&xla, &kernel], BF16_ULPS_4);
-    }
+    kernel_matches_xla_and_hf(DType::BF16, FIXTURES, (0.03, 8), 4.0 / 128.0);
 }
 
-/// Four bf16 ulps of the largest logit, as a fraction of it: what two summation orders of the
-/// same bf16 products may differ by.
-const BF16_ULPS_4: f32 = 4.0 / 128.0;
-
 /// The runtime's f32 kernel (`Matvec::Kernel` in `cpu_runtime_for(F32)`, `[in, out]` weights)
-/// takes every f32 projection of up to 8 rows: each of the batch-1 and batch-8 decode graphs'
-/// projections becomes one kernel call, the batch-16 graph (16 rows) keeps XLA dots. Against
-/// HF at tp 1 and 2 (two devices calling the kernel at once) with the f32 tolerance and 16
-/// greedy tokens, and against the XLA form of the same preset step by step (different
-/// summation orders), on the Phi-3 fixtures and a Llama one with biases and a tied head.
+/// takes every f32 projection of up to 8 rows ([`kernel_matches_xla_and_hf`]); against HF with
+/// the f32 tolerance and 16 greedy tokens, and step by step within 1e-5 of the largest logit
+/// of the XLA form, on the Phi-3 fixtures and a Llama one with biases and a tied head.
 #[test]
 fn f32_matvec_kernel_matches_xla_and_hf() {
-    use phi3_neuron::ir::ops::F32_MATVEC_KERNEL_TARGET;
+    assert_eq!(
+        GraphOptions {
+            matvec: Matvec::Xla,
+            ..GraphOptions::cpu_runtime_for(DType::F32)
+        },
+        GraphOptions::cpu_for(DType::F32),
+        "the f32 kernel set differs from the cpu preset in the kernel alone"
+    );
+    let fixtures: Vec<&str> = FIXTURES
+        .iter()
+        .copied()
+        .chain(["llama_bias_tied"])
+        .collect();
+    kernel_matches_xla_and_hf(DType::F32, &fixtures, (1e-4, 16), 1e-5);
+}
 
-    let kernel = GraphOptions::cpu_runtime_for(DType::F32);
+/// `cpu_runtime_for(dtype)` against the same options with XLA's dots, on each fixture: each of
+/// the batch-1 and batch-8 decode graphs' projections becomes one kernel call (the target of
+/// `dtype`'s kernel), the batch-16 graph (16 rows) keeps XLA dots; against HF at tp 1 and 2
+/// (two devices calling the kernel at once) with `hf` (tolerance, exact greedy tokens); and
+/// against the XLA form step by step within `rel` of the largest logit (different summation
+/// orders).
+fn kernel_matches_xla_and_hf(dtype: DType, fixtures: &[&str], hf: (f32, usize), rel: f32) {
+    use phi3_neuron::ir::ops::{F32_MATVEC_KERNEL_TARGET, MATVEC_KERNEL_TARGET};
+
+    let target = match dtype {
+        DType::F32 => F32_MATVEC_KERNEL_TARGET,
+        _ => MATVEC_KERNEL_TARGET,
+    };
+    let kernel = GraphOptions::cpu_runtime_for(dtype);
     assert_eq!(kernel.matvec, Matvec::Kernel);
     let xla = GraphOptions {
         matvec: Matvec::Xla,
         ..kernel.clone()
     };
-    assert_eq!(xla, GraphOptions::cpu_for(DType::F32));
-    for f in FIXTURES.iter().chain(&["llama_bias_tied"]) {
+    for &f in fixtures {
         let count = |batch: i64,
                      options: &GraphOptions,
                      what: &dyn Fn(&xla_proto::HloInstructionProto) -> bool| {
-            decode_instructions(f, batch, DType::F32, options, what)
+            decode_instructions(f, batch, dtype, options, what)
         };
         let is_kernel = |i: &xla_proto::HloInstructionProto| {
-            i.opcode == "custom-call" && i.custom_call_target == F32_MATVEC_KERNEL_TARGET
+            i.opcode == "custom-call" && i.custom_call_target == target
         };
         let is_dot = |i: &xla_proto::HloInstructionProto| i.opcode == "dot";
         for batch in [1, 8] {
@@ -518,9 +499,9 @@ fn f32_matvec_kernel_matches_xla_and_hf() {
         );
 
         for tp in [1, 2] {
-            check(f, tp, DType::F32, 1e-4, 16, &kernel);
+            check(f, tp, dtype, hf.0, hf.1, &kernel);
         }
-        same_logits_stepwise(f, DType::F32, [&xla, &kernel], 1e-5);
+        same_logits_stepwise(f, dtype, [&xla, &kernel], rel);
     }
 }
 

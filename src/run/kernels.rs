@@ -74,52 +74,15 @@ fn describe(b: &FfiBuffer) -> String {
     format!("{ty}{:?}", b.dims)
 }
 
-/// Checks the call's buffers against the kernel's signature and runs it.
+/// Checks the bf16 kernel's buffers against its signature and runs it.
 fn matvec_call(args: &[FfiBuffer], rets: &[FfiBuffer], pool: &FfiThreadPool) -> Result<(), String> {
-    let ([x, w], [y]) = (args, rets) else {
-        return Err(format!(
-            "wants 2 operands and 1 result, got {} and {}",
-            args.len(),
-            rets.len()
-        ));
-    };
-    let signature = || {
-        format!(
-            "wants bf16[m, k], bf16[n, k] -> f32[m, n], got {}, {} -> {}",
-            describe(x),
-            describe(w),
-            describe(y)
-        )
-    };
-    let (&[m, k], &[n, k2], &[ym, yn]) = (&x.dims[..], &w.dims[..], &y.dims[..]) else {
-        return Err(signature());
-    };
-    if k != k2 || ym != m || yn != n {
-        return Err(signature());
-    }
-    // SAFETY: the call frame's buffers are live for the call; XLA gives the result its own
-    // buffer, so it does not overlap the operands.
-    let (xs, ws, ys) = unsafe {
-        (
-            x.slice::<bf16>(ElementType::BF16),
-            w.slice::<bf16>(ElementType::BF16),
-            y.slice_mut::<f32>(ElementType::F32),
-        )
-    };
-    let (Some(xs), Some(ws), Some(ys)) = (xs, ws, ys) else {
-        return Err(signature());
-    };
-    matvec_with(
-        xs,
-        ws,
-        ys,
-        m as usize,
-        k as usize,
-        n as usize,
-        threads(),
-        pool_spawn(pool),
-    );
-    Ok(())
+    product_call::<bf16>(
+        args,
+        rets,
+        ElementType::BF16,
+        false,
+        |x, w, y, (m, k, n)| matvec_with(x, w, y, m, k, n, threads(), pool_spawn(pool)),
+    )
 }
 
 unsafe extern "C" fn f32_matvec_handler(frame: *mut XlaFfiCallFrame) -> *mut XlaFfiError {
@@ -127,11 +90,26 @@ unsafe extern "C" fn f32_matvec_handler(frame: *mut XlaFfiCallFrame) -> *mut Xla
     unsafe { handle(frame, F32_MATVEC_KERNEL_TARGET, f32_matvec_call) }
 }
 
-/// Checks the call's buffers against the f32 kernel's signature and runs it.
+/// Checks the f32 kernel's buffers against its signature and runs it.
 fn f32_matvec_call(
     args: &[FfiBuffer],
     rets: &[FfiBuffer],
     pool: &FfiThreadPool,
+) -> Result<(), String> {
+    product_call::<f32>(args, rets, ElementType::F32, true, |x, w, y, (m, k, n)| {
+        f32_matvec_with(x, w, y, m, k, n, threads(), pool_spawn(pool))
+    })
+}
+
+/// A product kernel's call: `ty[m, k]` times a `ty` weight (`[n, k]`, or `[k, n]` when
+/// `k_major`) → `f32[m, n]`. Checks the buffers against that signature (an error names what
+/// it got) and hands their slices and `(m, k, n)` to `run`.
+fn product_call<T>(
+    args: &[FfiBuffer],
+    rets: &[FfiBuffer],
+    ty: ElementType,
+    k_major: bool,
+    run: impl FnOnce(&[T], &[T], &mut [f32], (usize, usize, usize)),
 ) -> Result<(), String> {
     let ([x, w], [y]) = (args, rets) else {
         return Err(format!(
@@ -141,40 +119,34 @@ fn f32_matvec_call(
         ));
     };
     let signature = || {
+        let (t, weight) = (ty.name(), if k_major { "[k, n]" } else { "[n, k]" });
         format!(
-            "wants f32[m, k], f32[k, n] -> f32[m, n], got {}, {} -> {}",
+            "wants {t}[m, k], {t}{weight} -> f32[m, n], got {}, {} -> {}",
             describe(x),
             describe(w),
             describe(y)
         )
     };
-    let (&[m, k], &[k2, n], &[ym, yn]) = (&x.dims[..], &w.dims[..], &y.dims[..]) else {
+    let (&[m, k], &[w0, w1], &[ym, yn]) = (&x.dims[..], &w.dims[..], &y.dims[..]) else {
         return Err(signature());
     };
+    let (k2, n) = if k_major { (w0, w1) } else { (w1, w0) };
     if k != k2 || ym != m || yn != n {
         return Err(signature());
     }
-    // SAFETY: as in `matvec_call`.
+    // SAFETY: the call frame's buffers are live for the call; XLA gives the result its own
+    // buffer, so it does not overlap the operands.
     let (xs, ws, ys) = unsafe {
         (
-            x.slice::<f32>(ElementType::F32),
-            w.slice::<f32>(ElementType::F32),
+            x.slice::<T>(ty),
+            w.slice::<T>(ty),
             y.slice_mut::<f32>(ElementType::F32),
         )
     };
     let (Some(xs), Some(ws), Some(ys)) = (xs, ws, ys) else {
         return Err(signature());
     };
-    f32_matvec_with(
-        xs,
-        ws,
-        ys,
-        m as usize,
-        k as usize,
-        n as usize,
-        threads(),
-        pool_spawn(pool),
-    );
+    run(xs, ws, ys, (m as usize, k as usize, n as usize));
     Ok(())
 }
 
