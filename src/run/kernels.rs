@@ -469,6 +469,42 @@ unsafe fn portable_block(b: &Block<'_>, cols: std::ops::Range<usize>) {
     }
 }
 
+/// A bf16 kernel's rows `j, j + h, .., j + (R - 1) h` of the weight against its vectors
+/// (`*const X`: bf16 as given, or widened to f32), into `y`, with `k` and `n` (see
+/// `avx512::rows_of` and `avx2::bf16_rows`).
+#[cfg(target_arch = "x86_64")]
+type StreamRows<X> = unsafe fn(*const X, *const bf16, *mut f32, usize, usize, usize, usize);
+
+/// Columns `cols` of a bf16 block: `f` reads `streams` weight rows `h` apart side by side, for
+/// each of the first `h` rows of the range, and `single` takes the rows left over.
+///
+/// # Safety
+/// As for the kernels `f` and `single` are (the CPU has their features), with `x`, `w` and `y`
+/// the block's and `cols` inside `0..n`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn over_streams<X>(
+    x: *const X,
+    w: *const bf16,
+    y: *mut f32,
+    k: usize,
+    n: usize,
+    cols: std::ops::Range<usize>,
+    streams: usize,
+    f: StreamRows<X>,
+    single: StreamRows<X>,
+) {
+    let h = cols.len() / streams;
+    for j in cols.start..cols.start + h {
+        // SAFETY: rows `j + r * h < cols.end <= n` of `w` exist; the caller's block of `y`.
+        unsafe { f(x, w, y, k, n, j, h) };
+    }
+    for j in cols.start + streams * h..cols.end {
+        // SAFETY: as above, one row.
+        unsafe { single(x, w, y, k, n, j, 0) };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use half::bf16;
@@ -482,7 +518,7 @@ mod avx512 {
         // `R` weight rows read side by side, from `R` places `h` rows apart in the part, and
         // `U` 32-lane chunks of each in flight: `m * R * U` accumulators stay in the 32
         // registers. `single` is the same for one row at a time, for the rows left over.
-        type Rows = unsafe fn(*const bf16, *const bf16, *mut f32, usize, usize, usize, usize);
+        type Rows = super::StreamRows<bf16>;
         let (streams, f, single): (usize, Rows, Rows) = match m {
             1 => (8, rows_of::<1, 1, 8>, rows_of::<8, 1, 1>),
             2 => (4, rows_of::<1, 2, 4>, rows_of::<4, 2, 1>),
@@ -494,15 +530,8 @@ mod avx512 {
             8 => (2, rows_of::<1, 8, 2>, rows_of::<2, 8, 1>),
             _ => unreachable!("blocks hold 1 to 8 rows"),
         };
-        let h = cols.len() / streams;
-        for j in cols.start..cols.start + h {
-            // SAFETY: rows `j + r * h < cols.end <= n` of `w` exist; the caller's block of `y`.
-            unsafe { f(x.as_ptr(), w.as_ptr(), y, k, n, j, h) };
-        }
-        for j in cols.start + streams * h..cols.end {
-            // SAFETY: as above, one row.
-            unsafe { single(x.as_ptr(), w.as_ptr(), y, k, n, j, 0) };
-        }
+        // SAFETY: the caller's block; `f` and `single` are this CPU's.
+        unsafe { super::over_streams(x.as_ptr(), w.as_ptr(), y, k, n, cols, streams, f, single) };
     }
 
     /// Weight rows `j, j + h, .., j + (R - 1) h` against the `M` vectors:
@@ -690,7 +719,7 @@ mod avx2 {
     ) {
         let super::Block { w, y, m, k, n, .. } = *b;
         assert_eq!(xf.len(), m * k);
-        type Rows = unsafe fn(*const f32, *const half::bf16, *mut f32, usize, usize, usize, usize);
+        type Rows = super::StreamRows<f32>;
         let (streams, f, single): (usize, Rows, Rows) = match m {
             1 => (8, bf16_rows::<1, 8>, bf16_rows::<1, 1>),
             2 => (4, bf16_rows::<2, 4>, bf16_rows::<2, 1>),
@@ -702,15 +731,8 @@ mod avx2 {
             8 => (1, bf16_rows::<8, 1>, bf16_rows::<8, 1>),
             _ => unreachable!("blocks hold 1 to 8 rows"),
         };
-        let h = cols.len() / streams;
-        for j in cols.start..cols.start + h {
-            // SAFETY: rows `j + r * h < cols.end <= n` of `w` exist; the caller's block of `y`.
-            unsafe { f(xf.as_ptr(), w.as_ptr(), y, k, n, j, h) };
-        }
-        for j in cols.start + streams * h..cols.end {
-            // SAFETY: as above, one row.
-            unsafe { single(xf.as_ptr(), w.as_ptr(), y, k, n, j, 0) };
-        }
+        // SAFETY: the caller's block; `f` and `single` are this CPU's.
+        unsafe { super::over_streams(xf.as_ptr(), w.as_ptr(), y, k, n, cols, streams, f, single) };
     }
 
     /// Weight rows `j, j + h, .., j + (R - 1) h` (bf16, `[n, k]`) against the `M` f32 vectors:
