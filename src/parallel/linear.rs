@@ -192,15 +192,14 @@ pub fn linear_with_bias(
     let (x, weight) = (&x, &weight);
     let low_precision = f32_result && matches!(x.dtype(), DType::BF16 | DType::F16);
     let mut y = if let Some(kernel) = kernel {
-        // [rows, in] times the weight → [rows, out] in f32, back to x's leading dims.
+        // [rows, in] times the weight → [rows, out] in f32 (the op's shape rule knows which
+        // weight dim is `out`), back to x's leading dims.
+        let y = x
+            .reshape(&[rows, x.dims()[x.rank() - 1]])?
+            .matvec_kernel(weight, kernel)?;
         let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = match kernel {
-            MatvecKernel::Bf16 => weight.dims()[0],
-            MatvecKernel::F32 => weight.dims()[1],
-        };
-        x.reshape(&[rows, x.dims()[x.rank() - 1]])?
-            .matvec_kernel(weight, kernel)?
-            .reshape(&dims)?
+        *dims.last_mut().expect("rank >= 1") = y.dims()[1];
+        y.reshape(&dims)?
     } else {
         projection_dot(x, weight, form, low_precision)?
     };
