@@ -60,8 +60,14 @@ pub fn sync_dir(dir: &Path) {
 /// before it.
 pub struct Stager {
     staged: Vec<(PathBuf, PathBuf)>,
-    to_flush: Option<std::sync::mpsc::Sender<fs::File>>,
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
     flusher: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+/// What the background thread of a [`Stager`] does, in the order it was asked to.
+enum Job {
+    Flush(fs::File),
+    Remove(PathBuf),
 }
 
 impl Default for Stager {
@@ -72,20 +78,41 @@ impl Default for Stager {
 
 impl Stager {
     pub fn new() -> Stager {
-        let (tx, rx) = std::sync::mpsc::channel::<fs::File>();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let flusher = std::thread::spawn(move || {
             let mut result = Ok(());
-            for f in rx {
-                if let Err(e) = f.sync_all() {
-                    result = result.and(Err(e));
+            for job in rx {
+                match job {
+                    Job::Flush(f) => {
+                        if let Err(e) = f.sync_all() {
+                            result = result.and(Err(e));
+                        }
+                    }
+                    // Best effort: a file that stays is replaced by the rename anyway.
+                    Job::Remove(path) => {
+                        let _ = fs::remove_file(path);
+                    }
                 }
             }
             result
         });
         Stager {
             staged: Vec::new(),
-            to_flush: Some(tx),
+            jobs: Some(tx),
             flusher: Some(flusher),
+        }
+    }
+
+    /// Removes the files at `paths` in the background, before anything is renamed into place:
+    /// for a caller whose old outputs are already void (their manifest is gone), so that the
+    /// renames at [`Stager::commit`] do not wait for the file system to free the files they
+    /// replace. Missing files and failures are ignored (a file that stays is replaced by its
+    /// rename anyway).
+    pub fn remove_in_background(&mut self, paths: impl IntoIterator<Item = PathBuf>) {
+        if let Some(tx) = &self.jobs {
+            for path in paths {
+                let _ = tx.send(Job::Remove(path));
+            }
         }
     }
 
@@ -100,9 +127,9 @@ impl Stager {
         match written {
             Ok(f) => {
                 self.staged.push((tmp, path.to_path_buf()));
-                if let Some(tx) = &self.to_flush {
+                if let Some(tx) = &self.jobs {
                     // The flusher only stops when the sender is dropped.
-                    let _ = tx.send(f);
+                    let _ = tx.send(Job::Flush(f));
                 }
                 Ok(())
             }
@@ -114,7 +141,7 @@ impl Stager {
     }
 
     fn wait_for_flushes(&mut self) -> io::Result<()> {
-        drop(self.to_flush.take());
+        drop(self.jobs.take());
         match self.flusher.take() {
             Some(h) => h
                 .join()
@@ -182,4 +209,62 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("phi3-files-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn stager_replaces_files_and_removes_what_it_was_told_to_first() {
+        let dir = fresh_dir("stager");
+        for name in ["a", "b", "void"] {
+            fs::write(dir.join(name), "old").unwrap();
+        }
+        let mut stager = Stager::new();
+        stager.remove_in_background(["a", "void", "missing"].map(|n| dir.join(n)));
+        stager.stage(&dir.join("a"), b"new a").unwrap();
+        stager.stage(&dir.join("b"), b"new b").unwrap();
+        stager.stage(&dir.join("c"), b"new c").unwrap();
+        // Nothing is in place before the commit; the staged files are temporaries.
+        assert!(names(&dir).iter().any(|n| n.contains(TMP_MARKER)));
+        stager.commit().unwrap();
+        assert_eq!(names(&dir), ["a", "b", "c"]);
+        for name in ["a", "b", "c"] {
+            assert_eq!(
+                fs::read(dir.join(name)).unwrap(),
+                format!("new {name}").as_bytes()
+            );
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_stager_leaves_no_temporaries() {
+        let dir = fresh_dir("dropped");
+        fs::write(dir.join("a"), "old").unwrap();
+        let mut stager = Stager::new();
+        stager.stage(&dir.join("a"), b"new").unwrap();
+        stager.stage(&dir.join("b"), b"new").unwrap();
+        drop(stager);
+        assert_eq!(names(&dir), ["a"]);
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"old");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -124,6 +124,24 @@ pub fn memory_set(
     Ok(MemorySet { manifest, protos })
 }
 
+/// One of the files [`stage_graphs`] can write per graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GraphFile {
+    Pb,
+    Txt,
+    Dot,
+}
+
+impl GraphFile {
+    fn suffix(self) -> &'static str {
+        match self {
+            GraphFile::Pb => ".hlo.pb",
+            GraphFile::Txt => ".hlo.txt",
+            GraphFile::Dot => ".dot",
+        }
+    }
+}
+
 /// What [`stage_graphs`] writes per graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteOptions {
@@ -133,6 +151,19 @@ pub struct WriteOptions {
     pub dot: bool,
     /// Graphs built at once (default: one per core).
     pub jobs: Option<usize>,
+}
+
+impl WriteOptions {
+    /// The files written per graph, in writing order.
+    fn files(self) -> impl Iterator<Item = GraphFile> + Clone {
+        [
+            (self.pb, GraphFile::Pb),
+            (self.txt, GraphFile::Txt),
+            (self.dot, GraphFile::Dot),
+        ]
+        .into_iter()
+        .filter_map(|(on, file)| on.then_some(file))
+    }
 }
 
 /// Builds every graph of `specs` and writes its files to temporaries in `dir` as soon as it is
@@ -159,7 +190,15 @@ pub fn stage_graphs(
         _ => {}
     }
     let tp = plan.tp;
-    let staged = Mutex::new(Stager::new());
+    let mut stager = Stager::new();
+    // The files this set replaces are void now that their manifest is gone; freeing them
+    // overlaps the build instead of slowing the renames at the end.
+    stager.remove_in_background(specs.iter().flat_map(|spec| {
+        let name = spec.name();
+        opts.files()
+            .map(move |file| dir.join(format!("{name}{}", file.suffix())))
+    }));
+    let staged = Mutex::new(stager);
     let write_files = |b: &BuiltGraph| -> Result<Vec<String>, SetError> {
         let name = b.recorded.spec.name();
         let mut files = Vec::new();
@@ -173,17 +212,13 @@ pub fn stage_graphs(
             files.push(file);
             Ok(())
         };
-        if opts.pb {
-            write(format!("{name}.hlo.pb"), &b.bytes)?;
-        }
-        if opts.txt {
-            write(format!("{name}.hlo.txt"), b.text(tp).as_bytes())?;
-        }
-        if opts.dot {
-            write(
-                format!("{name}.dot"),
-                super::to_dot(&b.recorded.graph, 3).as_bytes(),
-            )?;
+        for file in opts.files() {
+            let bytes: std::borrow::Cow<[u8]> = match file {
+                GraphFile::Pb => (&b.bytes[..]).into(),
+                GraphFile::Txt => b.text(tp).into_bytes().into(),
+                GraphFile::Dot => super::to_dot(&b.recorded.graph, 3).into_bytes().into(),
+            };
+            write(format!("{name}{}", file.suffix()), &bytes)?;
         }
         Ok(files)
     };
