@@ -652,6 +652,10 @@ fn run(args: Args) -> Result<(), String> {
         total.elapsed().as_secs_f64() * 1e3,
         dir.display()
     );
+    // The process ends here, and its memory goes back to the system at once: freeing the
+    // graphs' summaries and the manifest one allocation at a time would only delay the exit
+    // (about 2 ms of the default set's run).
+    std::mem::forget((built, manifest));
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Per-graph statistics read off a lowered module: op histogram, matmul FLOPs, collective
 //! count and bytes, and the bytes of intermediate values.
 
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use xla_proto::{HloModuleProto, PrimitiveType, ShapeProto};
 
@@ -46,13 +47,15 @@ pub fn module_stats(m: &HloModuleProto) -> ModuleStats {
     else {
         return st;
     };
-    let shapes: BTreeMap<i64, &ShapeProto> = entry
+    let shapes: FxHashMap<i64, &ShapeProto> = entry
         .instructions
         .iter()
         .filter_map(|i| i.shape.as_ref().map(|s| (i.id, s)))
         .collect();
+    // Counted by borrowed name; the few distinct opcodes are copied once at the end.
+    let mut histogram: FxHashMap<&str, usize> = FxHashMap::default();
     for i in &entry.instructions {
-        *st.op_histogram.entry(i.opcode.clone()).or_default() += 1;
+        *histogram.entry(i.opcode.as_str()).or_default() += 1;
         st.instructions += 1;
         let out = i.shape.as_ref().map(shape_bytes).unwrap_or(0);
         match i.opcode.as_str() {
@@ -89,5 +92,9 @@ pub fn module_stats(m: &HloModuleProto) -> ModuleStats {
                 .sum::<u64>();
         }
     }
+    st.op_histogram = histogram
+        .into_iter()
+        .map(|(op, n)| (op.to_string(), n))
+        .collect();
     st
 }
