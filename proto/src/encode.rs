@@ -3,13 +3,13 @@
 //! prost writes a nested message as its length, then its fields, and computes that length
 //! afresh at every level: an instruction's length is computed once for the module's buffer
 //! size, once for its computation's length prefix and once for its own, and each of those
-//! walks every field of every nested shape and layout. Here each instruction's length is
-//! computed once and reused for its computation's prefix and its own. The module's and the
-//! computations' other fields are still encoded by prost; their big repeated field is spliced
-//! in where prost puts it, in field-number order (`tests::splicing_matches_prost` pins that
-//! against prost's own output).
+//! walks every field of every nested shape and layout. Here each instruction is encoded once
+//! into a scratch buffer, whose length is then its length prefix, and copied after it; each
+//! computation likewise. The module's and the computations' other fields are still encoded
+//! by prost; their big repeated field is spliced in where prost puts it, in field-number order
+//! (`tests::splicing_matches_prost` pins that against prost's own output).
 
-use crate::{HloComputationProto, HloInstructionProto, HloModuleProto};
+use crate::{HloComputationProto, HloModuleProto};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
 
@@ -34,14 +34,19 @@ pub fn encode_module(m: &HloModuleProto) -> Vec<u8> {
         frontend_attributes: m.frontend_attributes.clone(),
         ..without_computations(m)
     };
-    let comps: Vec<Computation<'_>> = m.computations.iter().map(Computation::new).collect();
-    let body: usize = comps.iter().map(|c| field_len(COMPUTATIONS, c.len)).sum();
+    let mut instruction = Vec::new();
+    let comps: Vec<Vec<u8>> = m
+        .computations
+        .iter()
+        .map(|c| encode_computation(c, &mut instruction))
+        .collect();
+    let body: usize = comps.iter().map(|c| field_len(COMPUTATIONS, c.len())).sum();
     let mut buf = Vec::with_capacity(head.encoded_len() + body + tail.encoded_len());
     head.encode_raw(&mut buf);
     for c in &comps {
         encode_key(COMPUTATIONS, WireType::LengthDelimited, &mut buf);
-        encode_varint(c.len as u64, &mut buf);
-        c.encode(&mut buf);
+        encode_varint(c.len() as u64, &mut buf);
+        buf.extend_from_slice(c);
     }
     tail.encode_raw(&mut buf);
     buf
@@ -64,63 +69,37 @@ fn without_computations(m: &HloModuleProto) -> HloModuleProto {
     HloModuleProto::default()
 }
 
-/// A computation with its instructions' lengths computed once.
-struct Computation<'a> {
-    c: &'a HloComputationProto,
-    /// The computation without its instructions, encoded: the field numbered below
-    /// `instructions` (2; the name), then the rest.
-    head: Vec<u8>,
-    tail: Vec<u8>,
-    lens: Vec<usize>,
-    len: usize,
-}
-
-impl<'a> Computation<'a> {
-    fn new(c: &'a HloComputationProto) -> Self {
-        let HloComputationProto {
-            name,
-            instructions,
-            program_shape,
-            id,
-            root_id,
-        } = c;
-        let head = HloComputationProto {
-            name: name.clone(),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let tail = HloComputationProto {
-            program_shape: program_shape.clone(),
-            id: *id,
-            root_id: *root_id,
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let lens: Vec<usize> = instructions.iter().map(Message::encoded_len).collect();
-        let body: usize = lens.iter().map(|&l| field_len(INSTRUCTIONS, l)).sum();
-        let len = head.len() + body + tail.len();
-        Computation {
-            c,
-            head,
-            tail,
-            lens,
-            len,
-        }
+/// A computation's fields (without its own key and length): the field numbered below
+/// `instructions` (2; the name), the instructions, then the rest. `scratch` holds one
+/// instruction at a time.
+fn encode_computation(c: &HloComputationProto, scratch: &mut Vec<u8>) -> Vec<u8> {
+    let HloComputationProto {
+        name,
+        instructions,
+        program_shape,
+        id,
+        root_id,
+    } = c;
+    let mut buf = HloComputationProto {
+        name: name.clone(),
+        ..Default::default()
     }
-
-    fn encode(&self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.head);
-        for (i, &len) in self.c.instructions.iter().zip(&self.lens) {
-            encode_instruction(i, len, buf);
-        }
-        buf.extend_from_slice(&self.tail);
+    .encode_to_vec();
+    for i in instructions {
+        scratch.clear();
+        i.encode_raw(scratch);
+        encode_key(INSTRUCTIONS, WireType::LengthDelimited, &mut buf);
+        encode_varint(scratch.len() as u64, &mut buf);
+        buf.extend_from_slice(scratch);
     }
-}
-
-fn encode_instruction(i: &HloInstructionProto, len: usize, buf: &mut Vec<u8>) {
-    encode_key(INSTRUCTIONS, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
-    i.encode_raw(buf);
+    HloComputationProto {
+        program_shape: program_shape.clone(),
+        id: *id,
+        root_id: *root_id,
+        ..Default::default()
+    }
+    .encode_raw(&mut buf);
+    buf
 }
 
 /// A length-delimited field's bytes: key, length, payload.

@@ -6,7 +6,7 @@ use crate::ir::ops::{
     Concatenate, Constant, CustomCall, GetTupleElement, Iota, Op, Parameter, Tuple,
 };
 use crate::ir::{
-    verify, Alias, AliasKind, ArrayType, DType, Graph, Literal, Node, NodeId, Provenance,
+    verify_recorded, Alias, AliasKind, ArrayType, DType, Graph, Literal, Node, NodeId, Provenance,
     ShapeError, Type, VerifyErrors,
 };
 use std::cell::RefCell;
@@ -419,7 +419,7 @@ impl GraphBuilder {
         st.finished = true;
         let mut graph = std::mem::take(&mut st.graph);
         graph.outputs = outputs.iter().map(|t| t.id()).collect();
-        verify(&graph)?;
+        verify_recorded(&graph)?;
         Ok(graph)
     }
 }

@@ -31,6 +31,18 @@ impl Default for LowerOptions {
     }
 }
 
+/// `scope/name` (or `name` at the top), written without the formatting machinery: it runs
+/// once per node.
+fn scoped_name(scope: &str, name: &str) -> String {
+    let mut s = String::with_capacity(scope.len() + 1 + name.len());
+    if !scope.is_empty() {
+        s.push_str(scope);
+        s.push('/');
+    }
+    s.push_str(name);
+    s
+}
+
 /// Verifies `g` and lowers it. The entry computation is `main`; its root is always a tuple of
 /// the graph outputs, so output `k` of the module is tuple element `{k}`.
 pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErrors> {
@@ -54,11 +66,7 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
         let p = &node.provenance;
         let metadata = opts.metadata.then(|| OpMetadata {
             op_type: node.op.name().to_string(),
-            op_name: if p.scope.is_empty() {
-                node.op.name().to_string()
-            } else {
-                format!("{}/{}", p.scope, node.op.name())
-            },
+            op_name: scoped_name(&p.scope, node.op.name()),
             source_file: p.file.to_string(),
             source_line: p.line as i32,
             ..Default::default()

@@ -134,11 +134,27 @@ impl Graph {
 
     /// Operands in operand order.
     pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
-        let mut edges: Vec<(u32, NodeId)> = self
-            .g
-            .edges_directed(id.0, Direction::Incoming)
-            .map(|e| (*e.weight(), NodeId(e.source())))
-            .collect();
+        let edges = || self.g.edges_directed(id.0, Direction::Incoming);
+        // Positions run 0..n in every graph but the broken ones tests give the verifier: each
+        // operand goes straight to its place (this runs for every node in every pass).
+        let n = edges().count();
+        let free = NodeId(NodeIndex::end());
+        let mut operands = vec![free; n];
+        let mut placed = 0;
+        for e in edges() {
+            match operands.get_mut(*e.weight() as usize) {
+                Some(slot) if *slot == free => {
+                    *slot = NodeId(e.source());
+                    placed += 1;
+                }
+                _ => {}
+            }
+        }
+        if placed == n {
+            return operands;
+        }
+        let mut edges: Vec<(u32, NodeId)> =
+            edges().map(|e| (*e.weight(), NodeId(e.source()))).collect();
         edges.sort();
         edges.into_iter().map(|(_, n)| n).collect()
     }

@@ -15,4 +15,4 @@ pub use graph::{Alias, AliasKind, Graph, Node, NodeId, Provenance};
 pub use literal::Literal;
 pub use ops::Op;
 pub use types::{ArrayType, DType, Type};
-pub use verify::{verify, VerifyError, VerifyErrors};
+pub use verify::{verify, verify_recorded, VerifyError, VerifyErrors};

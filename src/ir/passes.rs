@@ -76,7 +76,8 @@ impl Pass for CommonSubexpressionElimination {
         // then merge. Topological order: a node's operands are canonical when it is visited.
         let mut merge: FxHashMap<NodeId, NodeId> = FxHashMap::default();
         {
-            let mut seen: FxHashMap<(&Op, Vec<NodeId>), NodeId> = FxHashMap::default();
+            let mut seen: FxHashMap<(&Op, Vec<NodeId>), NodeId> =
+                FxHashMap::with_capacity_and_hasher(order.len(), Default::default());
             for &n in &order {
                 let op = &g.node(n).op;
                 if op.is_cse_barrier() {
