@@ -428,18 +428,22 @@ fn extra_attributes(a: &mut String, i: &HloInstructionProto, comp_names: &HashMa
             }
         }
         "slice" => {
-            let parts: Vec<String> = i
-                .slice_dimensions
-                .iter()
-                .map(|s| {
-                    if s.stride == 1 {
-                        format!("[{}:{}]", s.start, s.limit)
-                    } else {
-                        format!("[{}:{}:{}]", s.start, s.limit, s.stride)
-                    }
-                })
-                .collect();
-            attr!(a, "slice={{{}}}", parts.join(", "));
+            a.push_str(", slice={");
+            for (k, s) in i.slice_dimensions.iter().enumerate() {
+                if k > 0 {
+                    a.push_str(", ");
+                }
+                a.push('[');
+                push_int(a, s.start);
+                a.push(':');
+                push_int(a, s.limit);
+                if s.stride != 1 {
+                    a.push(':');
+                    push_int(a, s.stride);
+                }
+                a.push(']');
+            }
+            a.push('}');
         }
         "dynamic-slice" => attr!(a, "dynamic_slice_sizes={}", list(&i.dynamic_slice_sizes)),
         "pad" => {
@@ -945,6 +949,25 @@ mod tests {
         assert!(!lexes_as_json_dict("{} x"));
         assert!(!lexes_as_json_dict("eps=1"));
         assert!(!lexes_as_json_dict(r#"{"open"#));
+    }
+
+    /// `HloSliceInstruction`'s form: `[start:limit]`, with `:stride` only when it is not 1.
+    #[test]
+    fn slice_attributes_print_like_xla() {
+        use xla_proto::hlo_instruction_proto::SliceDimensions;
+        let dims = |start, limit, stride| SliceDimensions {
+            start,
+            limit,
+            stride,
+        };
+        let i = HloInstructionProto {
+            opcode: "slice".into(),
+            slice_dimensions: vec![dims(0, 1, 1), dims(1, 7, 2), dims(48, 96, 1)],
+            ..Default::default()
+        };
+        let mut a = String::new();
+        extra_attributes(&mut a, &i, &HashMap::default());
+        assert_eq!(a, ", slice={[0:1], [1:7:2], [48:96]}");
     }
 
     /// XLA prints instructions in a depth-first post-order from the root, whatever the

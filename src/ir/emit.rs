@@ -125,8 +125,7 @@ impl CompEmitter<'_> {
         let id = self.m.fresh_id();
         let name = match name {
             Some(n) => self.m.unique_name(&n),
-            None if opcode.contains('-') => format!("{}.{id}", opcode.replace('-', "_")),
-            None => format!("{opcode}.{id}"),
+            None => instruction_name(opcode, id),
         };
         let mut instr = HloInstructionProto {
             name,
@@ -267,4 +266,16 @@ pub fn shape_proto(t: &Type) -> ShapeProto {
             ..Default::default()
         },
     }
+}
+
+/// `<opcode>.<id>`, with the opcode's `-` as `_` (`dynamic_slice.12`), written without the
+/// formatting machinery: it names every instruction.
+fn instruction_name(opcode: &str, id: i64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let id = digits.format(id);
+    let mut name = String::with_capacity(opcode.len() + 1 + id.len());
+    name.extend(opcode.chars().map(|c| if c == '-' { '_' } else { c }));
+    name.push('.');
+    name.push_str(id);
+    name
 }
