@@ -10,6 +10,7 @@
 use crate::ir::DType;
 use crate::weights::WeightDecl;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The `format` string of this version of the contract.
@@ -237,6 +238,11 @@ pub struct Manifest {
     pub dtype: DType,
     /// The graph options (knobs) the set was recorded with, resolved.
     pub options: serde_json::Value,
+    /// XLA option overrides (`CompileOptionsProto.env_option_overrides`, by flag name) every
+    /// graph of the set is meant to be compiled with on XLA:CPU; the runtime applies them.
+    /// Absent when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xla_options: BTreeMap<String, String>,
     /// optimum-neuron / NxDI `neuron_config.json` fields that describe the set.
     pub neuron_config: serde_json::Value,
     pub input_conventions: serde_json::Value,

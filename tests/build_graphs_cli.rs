@@ -520,6 +520,56 @@ fn options_are_deduplicated_checked_and_recorded() {
             g["name"]
         );
     }
+    // The f32 cpu preset is compiled with XNNPACK's dots at one rank: the manifest lists the
+    // XLA options. At two ranks, in bf16 and in the neuron preset, it lists none; asking for
+    // them at two ranks is an error.
+    let tp1 = out.join("phi-3-mini-4k/tp1");
+    let r = small(&["--preset", "cpu", "--dtype", "f32", "--tp", "1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = read_manifest(&tp1);
+    assert_eq!(m["options"]["cpu_dots"], "Xnnpack");
+    assert_eq!(
+        m["xla_options"]["xla_cpu_experimental_xnn_graph_fusion_mode"],
+        "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL"
+    );
+    for args in [
+        &["--preset", "cpu", "--dtype", "f32"][..],
+        &["--preset", "cpu", "--tp", "1"],
+        &["--dtype", "f32", "--tp", "1"],
+        &[
+            "--preset",
+            "cpu",
+            "--dtype",
+            "f32",
+            "--tp",
+            "1",
+            "--cpu-dots",
+            "xla",
+        ],
+    ] {
+        let r = small(args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let tp = if args.contains(&"1") {
+            &tp1
+        } else {
+            &out.join("phi-3-mini-4k/tp2")
+        };
+        let m = read_manifest(tp);
+        assert_eq!(m["options"]["cpu_dots"], "Xla", "{args:?}");
+        assert!(
+            m.get("xla_options").is_none(),
+            "{args:?}: {}",
+            m["xla_options"]
+        );
+    }
+    let r = small(&["--preset", "cpu", "--dtype", "f32", "--cpu-dots", "xnnpack"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success()
+            && err.contains("--cpu-dots xnnpack needs --tp 1")
+            && err.lines().count() == 1,
+        "{err}"
+    );
     let r = small(&["--decode-rows", "sideways"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(

@@ -12,7 +12,9 @@ mod common;
 use common::{client, plugin};
 use phi3_neuron::build::build_graph;
 use phi3_neuron::dsl::DType;
-use phi3_neuron::models::decoder::{DecodeScores, GraphOptions, GraphSpec, SingleRowState};
+use phi3_neuron::models::decoder::{
+    CpuDots, DecodeScores, GraphOptions, GraphSpec, SingleRowState,
+};
 use phi3_neuron::models::from_file;
 use pjrt_runtime::CompileOptions;
 use prost::Message;
@@ -29,6 +31,20 @@ struct WithConfig {
 
 const CACHE: i64 = 256;
 
+/// What the plugin compiled `proto` to, with `options`.
+fn optimized(proto: &HloModuleProto, options: &CompileOptions) -> HloModuleProto {
+    let exe = client(1).compile(proto, options).unwrap();
+    let (format, bytes) = exe.optimized_program().unwrap();
+    assert_eq!(
+        format, "hlo_with_config",
+        "the plugin's optimized-program format"
+    );
+    WithConfig::decode(bytes.as_slice())
+        .unwrap()
+        .module
+        .expect("a module")
+}
+
 /// The entry instructions of XLA's optimised batch-1 decode graph (fixture `gqa`, tp 1, f32, a
 /// cache of `CACHE` positions, attending to the first `bucket`) that produce a whole cache's
 /// worth of elements, bitcasts aside: each layer's two in-place writes, and any copy or
@@ -41,18 +57,7 @@ fn whole_cache_instructions(options: &GraphOptions, bucket: i64) -> (Vec<String>
         .with_bucket(bucket)
         .with_options(options.clone());
     let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
-    let exe = client(1)
-        .compile(&built.proto, &CompileOptions::default())
-        .unwrap();
-    let (format, bytes) = exe.optimized_program().unwrap();
-    assert_eq!(
-        format, "hlo_with_config",
-        "the plugin's optimized-program format"
-    );
-    let module = WithConfig::decode(bytes.as_slice())
-        .unwrap()
-        .module
-        .expect("a module");
+    let module = optimized(&built.proto, &CompileOptions::default());
     let entry = module
         .computations
         .iter()
@@ -121,4 +126,51 @@ fn batch_one_decode_updates_each_cache_in_place() {
             "with {what}, XLA was expected to copy or transpose caches: {more:?}"
         );
     }
+}
+
+/// `CpuDots::Xnnpack` (the f32 cpu preset's at one rank) is a compile option that the set's
+/// manifest lists and the runtime passes on; the HLO is the same. The plugin runs the dots
+/// themselves through XNNPACK without marking them in the optimised module (BENCHMARKS.md times
+/// them), but the same options also make XNNPACK fusions of the element-wise ops around them,
+/// which it does mark: with the options there are some, without them none.
+#[test]
+fn xnnpack_dots_are_a_compile_option_that_reaches_the_compiler() {
+    let _ = plugin();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gqa");
+    let cfg = from_file(&dir.join("config.json")).unwrap();
+    let plan = cfg.plan(1).unwrap();
+    let cpu = GraphOptions::cpu();
+    assert_eq!(cpu.cpu_dots, CpuDots::Xnnpack);
+    assert_eq!(cpu.clone().at_tp(2).cpu_dots, CpuDots::Xla, "one rank only");
+    assert_eq!(GraphOptions::cpu_for(DType::BF16).cpu_dots, CpuDots::Xla);
+    let spec = GraphSpec::token_generation(4, CACHE, DType::F32).with_options(cpu.clone());
+    let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
+    let xnn_fusions = |options: &CompileOptions| -> usize {
+        let module = optimized(&built.proto, options);
+        (module.computations.iter())
+            .flat_map(|c| &c.instructions)
+            .filter(|i| String::from_utf8_lossy(&i.backend_config).contains("\"__xnn_fusion\""))
+            .count()
+    };
+    let xla_options = cpu.cpu_dots.xla_options();
+    let with = xnn_fusions(&CompileOptions::default().with_xla_options(&xla_options));
+    assert!(with > 0, "no XNNPACK fusion with {xla_options:?}");
+    assert_eq!(xnn_fusions(&CompileOptions::default()), 0, "by default");
+
+    // An option value the plugin does not know fails the compile, naming the option.
+    let bad = CompileOptions::default().with_xla_options(
+        &[(
+            "xla_cpu_experimental_xnn_fusion_type".to_string(),
+            "NO_SUCH_FUSION".to_string(),
+        )]
+        .into(),
+    );
+    let err = client(1)
+        .compile(&built.proto, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("xla_cpu_experimental_xnn_fusion_type"),
+        "{err}"
+    );
 }

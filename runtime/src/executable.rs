@@ -1,6 +1,6 @@
 //! Compiling HLO modules and running them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::Message;
@@ -21,21 +21,22 @@ use crate::sys;
 /// Validated in Rust before anything reaches the plugin: some invalid values do not produce an
 /// error there but abort the whole process (e.g. `num_replicas = 0` trips
 /// `Check failed: replica_count > 0`, hlo.md §1.10).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompileOptions {
     /// Data-parallel copies; one argument set per replica at execution. At least 1 and at most
     /// the client's addressable device count.
     pub num_replicas: i64,
     /// Must be 1: the project shards by hand (replicas plus collectives), never with SPMD.
     pub num_partitions: i64,
+    /// XLA debug options by flag name (`xla_cpu_...`), as `env_option_overrides`: the plugin
+    /// parses each value as that flag's type (an enum by its value name). A name or value the
+    /// plugin does not know fails the compile with an error naming it.
+    pub xla_options: BTreeMap<String, String>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions {
-            num_replicas: 1,
-            num_partitions: 1,
-        }
+        CompileOptions::replicas(1)
     }
 }
 
@@ -45,7 +46,15 @@ impl CompileOptions {
         CompileOptions {
             num_replicas,
             num_partitions: 1,
+            xla_options: BTreeMap::new(),
         }
+    }
+
+    /// These options with the XLA option overrides `xla_options` added.
+    pub fn with_xla_options(mut self, xla_options: &BTreeMap<String, String>) -> Self {
+        self.xla_options
+            .extend(xla_options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self
     }
 
     /// Checks the options against a client with `device_count` addressable devices.
@@ -79,8 +88,14 @@ impl CompileOptions {
     /// another replica's thread of the same pool waits in a collective for this one, so the
     /// process deadlocks until XLA's 40 s rendezvous timeout aborts it (seen with f32 `[in, out]`
     /// projection weights at tp 2; `tests/tp_deadlock.rs` in the main crate reproduces it).
+    /// That override comes after [`CompileOptions::xla_options`], so those cannot undo it.
     pub fn to_proto(&self) -> CompileOptionsProto {
-        let mut env_option_overrides = std::collections::BTreeMap::new();
+        let mut env_option_overrides: BTreeMap<_, _> = (self.xla_options.iter())
+            .map(|(name, value)| {
+                let value = option_override_proto::Value::StringField(value.clone());
+                (name.clone(), OptionOverrideProto { value: Some(value) })
+            })
+            .collect();
         if self.num_replicas > 1 {
             env_option_overrides.insert(
                 "xla_cpu_use_xnnpack".to_string(),
@@ -582,5 +597,51 @@ impl LoadedExecutable {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides(options: &CompileOptions) -> Vec<(String, option_override_proto::Value)> {
+        options
+            .to_proto()
+            .env_option_overrides
+            .into_iter()
+            .map(|(k, v)| (k, v.value.expect("a value")))
+            .collect()
+    }
+
+    #[test]
+    fn xla_options_become_string_overrides_and_cannot_undo_the_replica_rule() {
+        let xla_options: BTreeMap<String, String> = [
+            ("xla_cpu_use_xnnpack", "true"),
+            (
+                "xla_cpu_experimental_xnn_fusion_type",
+                "LIBRARY_FUSION_TYPE_DOT",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let string = |v: &str| option_override_proto::Value::StringField(v.into());
+        assert_eq!(
+            overrides(&CompileOptions::replicas(1).with_xla_options(&xla_options)),
+            [
+                (
+                    "xla_cpu_experimental_xnn_fusion_type".to_string(),
+                    string("LIBRARY_FUSION_TYPE_DOT")
+                ),
+                ("xla_cpu_use_xnnpack".to_string(), string("true")),
+            ]
+        );
+        // More than one replica: XNNPACK off, whatever the options say.
+        let two = overrides(&CompileOptions::replicas(2).with_xla_options(&xla_options));
+        assert!(two.contains(&(
+            "xla_cpu_use_xnnpack".to_string(),
+            option_override_proto::Value::BoolField(false)
+        )));
+        assert_eq!(overrides(&CompileOptions::default()), []);
     }
 }

@@ -291,15 +291,15 @@ fn compile_options_are_validated_in_rust() {
     );
     check(
         CompileOptions {
-            num_replicas: 1,
             num_partitions: 2,
+            ..CompileOptions::default()
         },
         "num_partitions must be 1",
     );
     check(
         CompileOptions {
-            num_replicas: 1,
             num_partitions: 0,
+            ..CompileOptions::default()
         },
         "num_partitions must be 1",
     );

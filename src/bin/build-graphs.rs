@@ -11,7 +11,7 @@ use phi3_neuron::build::set::{stage_graphs, write_manifest, WriteOptions};
 use phi3_neuron::build::{default_jobs, BuiltGraph};
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    AliasKind, CacheWrite, DecodeRows, DecodeScores, DotResult, Fusion, GqaDot, GraphKind,
+    AliasKind, CacheWrite, CpuDots, DecodeRows, DecodeScores, DotResult, Fusion, GqaDot, GraphKind,
     GraphOptions, GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels,
     Sampling, SingleRowState, VectorOperand,
 };
@@ -138,9 +138,9 @@ struct Args {
     /// one whose logits the graph returns; the cpu preset's).
     #[arg(long)]
     prefill_tail: Option<String>,
-    /// bf16 projections of up to 8 rows (decode, last-token logits): xla (XLA's dot; every
-    /// preset's) or kernel (the phi3 runtime's AVX-512 BF16 matrix-vector kernel, a typed-FFI
-    /// custom call that only that runtime registers; what `phi3 generate` builds for bf16).
+    /// f32 and bf16 projections of up to 8 rows (decode, last-token logits): xla (XLA's dot;
+    /// every preset's) or kernel (the phi3 runtime's matrix-vector kernels, typed-FFI custom
+    /// calls that only that runtime registers; what `phi3 generate` builds).
     #[arg(long)]
     matvec: Option<String>,
     /// The KV state of a set with one cache row (--max-batch-size 1): rows ([1, kv, S, hd], as
@@ -153,6 +153,12 @@ struct Args {
     /// the cpu preset's).
     #[arg(long)]
     decode_scores: Option<String>,
+    /// Which library XLA:CPU runs the dots with: a compile option, listed in the manifest's
+    /// xla_options (the HLO does not change). xla (XLA's own choice; every preset's but the f32
+    /// cpu preset's) or xnnpack (XNNPACK for every dot, past XLA's cost model: batched f32
+    /// decode about twice as fast; the f32 cpu preset's at --tp 1, and only at --tp 1).
+    #[arg(long)]
+    cpu_dots: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
     /// top-k / top-p / temperature from `sampling_params`, with host-drawn uniforms).
     #[arg(long, default_value = "none")]
@@ -225,7 +231,7 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
     };
     let base = match args.preset.as_str() {
         "neuron" => GraphOptions::neuron(),
-        "cpu" => GraphOptions::cpu_for(dtype),
+        "cpu" => GraphOptions::cpu_for(dtype).at_tp(args.tp),
         "portable" => GraphOptions::default(),
         other => {
             return Err(format!(
@@ -330,6 +336,18 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
                 &["activation-first", "weight-first", "input-major"],
             )?],
             None => base.linear,
+        },
+        cpu_dots: match &args.cpu_dots {
+            Some(v) => match [CpuDots::Xla, CpuDots::Xnnpack][pick("cpu-dots", v, &["xla", "xnnpack"])?] {
+                CpuDots::Xnnpack if args.tp > 1 => {
+                    return Err(format!(
+                        "--cpu-dots xnnpack needs --tp 1, got --tp {}: XLA:CPU's XNNPACK fusions deadlock across replicas, so multi-replica sets are compiled without them",
+                        args.tp
+                    ))
+                }
+                dots => dots,
+            },
+            None => base.cpu_dots,
         },
     })
 }

@@ -149,6 +149,7 @@ pub fn options_json(model: &dyn DecoderModel, o: &GraphOptions) -> Value {
         "matvec": format!("{:?}", o.matvec),
         "single_row_state": format!("{:?}", o.single_row_state),
         "decode_scores": format!("{:?}", o.decode_scores),
+        "cpu_dots": format!("{:?}", o.cpu_dots),
         "runs_on_cpu": o.runs_on_cpu(),
     })
 }
@@ -219,6 +220,8 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
         options,
         specs,
     } = *set;
+    // As the set is compiled: XNNPACK's dots only at one rank.
+    let options = &options.clone().at_tp(plan.tp);
     let max_seq_len = specs.iter().map(|s| s.max_seq_len).max().unwrap_or(0);
     let max_batch = specs.iter().map(|s| s.cache_batch).max().unwrap_or(1);
     let (cte, tkg) = (
@@ -254,6 +257,7 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
         replica_groups: vec![(0..plan.tp).collect()],
         dtype,
         options: options_json(model, options),
+        xla_options: options.cpu_dots.xla_options(),
         neuron_config: json!({
             "batch_size": max_batch,
             "max_batch_size": max_batch,

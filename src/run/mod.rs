@@ -339,9 +339,10 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    /// What every graph of the set is compiled with: one replica per rank.
+    /// What every graph of the set is compiled with: one replica per rank, and the XLA options
+    /// the set's manifest lists.
     fn compile_options(&self) -> CompileOptions {
-        CompileOptions::replicas(self.tp as i64)
+        CompileOptions::replicas(self.tp as i64).with_xla_options(&self.manifest.xla_options)
     }
 
     fn cache_key(&self, g: &GraphEntry) -> String {

@@ -94,7 +94,7 @@ def read_safetensors(path):
 class OurGraph:
     """One HloModuleProto compiled by the plugin's client; call(...) runs it with donated caches."""
 
-    def __init__(self, client, device, path, spec):
+    def __init__(self, client, device, path, spec, xla_options):
         from jax._src.lib import xla_client
         self.spec = spec
         self.name = spec["name"]
@@ -107,6 +107,9 @@ class OurGraph:
         # The compile options jax.jit uses for a one-device computation, so both sides are compiled alike.
         from jax._src import compiler
         opts = compiler.get_compile_options(num_replicas=1, num_partitions=1, backend=client)
+        # The XLA options the set's manifest lists (the f32 cpu preset's XNNPACK dots), as the
+        # phi3 runtime compiles it; the same field jax.jit's compiler_options fills.
+        opts.env_option_overrides = sorted(xla_options.items())
         t0 = time.perf_counter()
         self.exe = client.compile_and_load(self.stablehlo, [device], opts)
         self.compile_s = time.perf_counter() - t0
@@ -135,10 +138,12 @@ class OurSet:
             self.manifest = json.load(f)
         m = self.manifest
         self.kv = m["kv_state"]
+        self.xla_options = m.get("xla_options", {})
         self.graphs = {}
         for g in m["graphs"]:
             if g["name"] in names:
-                self.graphs[g["name"]] = OurGraph(client, device, os.path.join(graphs_dir, g["files"][0]), g)
+                self.graphs[g["name"]] = OurGraph(client, device, os.path.join(graphs_dir, g["files"][0]), g,
+                                                  self.xla_options)
         missing = set(names) - set(self.graphs)
         assert not missing, f"{graphs_dir}: no graph {sorted(missing)}"
         key = (weights_file, json.dumps([(w["name"], w["dtype"], w["shape"]) for w in m["weights"]]))
@@ -383,6 +388,7 @@ def run(args):
     decode_b = [int(x) for x in args.decode_batches.split(",")]
 
     results = {"machine": info, "model": cfg, "prefill_len": S, "cache_len": T,
+               "jax_xla_options": args.jax_xla_options,
                "decode_position": T - 1, "checks": [], "aliasing": {}, "cases": [], "matmul": []}
     t_start = time.perf_counter()
     weight_cache = {}
@@ -398,6 +404,14 @@ def run(args):
             if not names:
                 continue
             ours = OurSet(client, dev, graphs_dir, weights_file, names, weight_cache)
+            if args.jax_xla_options == "same" and ours.xla_options:
+                # JAX compiled with the set's XLA options too: the same XLA, the same options.
+                jax_prefill = phi3_jax.make_step(cfg, decode=False, compiler_options=ours.xla_options)
+                jax_decode = phi3_jax.make_step(cfg, decode=True, cache_write=args.jax_cache_write,
+                                                compiler_options=ours.xla_options)
+            elif args.jax_xla_options == "same":
+                jax_prefill = phi3_jax.make_step(cfg, decode=False)
+                jax_decode = phi3_jax.make_step(cfg, decode=True, cache_write=args.jax_cache_write)
             full = [B, cfg["num_key_value_heads"], T, cfg["hidden_size"] // cfg["num_attention_heads"]]
             # A one-sequence state may come without its row dim (`--single-row-state squeezed`,
             # the cpu preset's): the same values, which JAX's caches hold as [1, kv, T, hd].
@@ -509,7 +523,9 @@ def run(args):
                 r = alternate(ours_step, ours.zero_caches(), jax_step, phi3_jax.init_caches(cfg, B, T, jdt, dev),
                               args.warmup, args.rounds, calls)
                 r.update({"dtype": dtype, "variant": variant, "phase": "decode" if decode else "prefill", "batch": B,
-                          "tokens_per_row": s, "graph": name, "ours_compile_s": g.compile_s})
+                          "tokens_per_row": s, "graph": name, "ours_compile_s": g.compile_s,
+                          "ours_xla_options": ours.xla_options,
+                          "jax_xla_options": ours.xla_options if args.jax_xla_options == "same" else {}})
                 results["cases"].append(r)
                 print(f"bench-jax: {dtype} {variant} {r['phase']} B={B}: ours {r['ours_ms']:.2f} ms, JAX {r['jax_ms']:.2f} ms, "
                       f"ours/JAX {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})", file=sys.stderr)
@@ -579,9 +595,15 @@ def report(r):
              f"{r['model']['vocab_size']}; prefill {r['prefill_len']} tokens, decode at position "
              f"{r['decode_position']} of a {r['cache_len']} cache. Median ms per call; ratio = ours ÷ JAX "
              f"(min–max of the per-round ratios).", "",
-             "Ours: `xla` is the cpu preset (XLA's own dots, runs in any XLA runtime); `kernels` is the "
+             "Ours: `xla` is the cpu preset (XLA's own ops only, runs in any XLA runtime); `kernels` is the "
              "set `phi3 generate` builds (`--matvec kernel`: the runtime's f32/bf16 kernels for "
-             "products of up to 8 rows, registered with the plugin through its FFI extension).", "",
+             "products of up to 8 rows, registered with the plugin through its FFI extension). Each "
+             "set is compiled with the XLA options its manifest lists (`xla_options`: the f32 cpu "
+             "preset's XNNPACK dots), as the phi3 runtime compiles it. JAX: "
+             + ("compiled with each set's `xla_options` too (`--jax-xla-options same`)."
+                if r.get("jax_xla_options") == "same" else
+                "jax.jit's defaults, what a JAX user gets (`--jax-xla-options same` gives it the sets' options)."),
+             "",
              "| case | dtype | ours | ours ms | JAX ms | ours ÷ JAX | min–max |", "|---|---|---|---:|---:|---:|---|"]
     for c in r["cases"]:
         case = f"{c['phase']} B={c['batch']}" + (f" S={r['prefill_len']}" if c["phase"] == "prefill" else "")
@@ -641,6 +663,9 @@ def main():
     rp.add_argument("--prefill-calls", type=int, default=5)
     rp.add_argument("--decode-calls", type=int, default=10)
     rp.add_argument("--jax-cache-write", choices=["dus", "scatter"], default="dus")
+    rp.add_argument("--jax-xla-options", choices=["default", "same"], default="default",
+                    help="compile JAX with its defaults (what a JAX user gets), or with each set's "
+                         "xla_options too (the same XLA and options on both sides)")
     rp.add_argument("--hlo-dir", help="write both sides' optimised HLO text here")
     rp.add_argument("--matmul-batches", default="1,4,128")
     rp.add_argument("--matmul-calls", type=int, default=30)

@@ -139,7 +139,8 @@ def init_caches(cfg, batch, max_seq, dtype, device=None):
             for _ in range(cfg["num_hidden_layers"])]
 
 
-def make_step(cfg, decode, cache_write="dus"):
-    """jit(forward) with the caches (argument 1) donated, so the cache outputs reuse the inputs' buffers."""
+def make_step(cfg, decode, cache_write="dus", compiler_options=None):
+    """jit(forward) with the caches (argument 1) donated, so the cache outputs reuse the inputs' buffers.
+    compiler_options: XLA option overrides by flag name (jax.jit's), e.g. a set's xla_options."""
     fn = functools.partial(forward, cfg=cfg, decode=decode, cache_write=cache_write)
-    return jax.jit(fn, donate_argnums=(1,))
+    return jax.jit(fn, donate_argnums=(1,), compiler_options=compiler_options or None)

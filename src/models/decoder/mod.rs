@@ -19,7 +19,7 @@ pub use attention::KvCache;
 pub use layers::Logits;
 pub use recorder::{part, BuildError, IoInfo, RecordedGraph, Recorder};
 pub use spec::{
-    AliasKind, CacheWrite, DecodeRows, DecodeScores, DotResult, Fusion, GqaDot, GraphKind,
+    AliasKind, CacheWrite, CpuDots, DecodeRows, DecodeScores, DotResult, Fusion, GqaDot, GraphKind,
     GraphOptions, GraphSpec, KvDtype, LinearForm, Matvec, NormImpl, PrefillTail, SamplerKernels,
     Sampling, SingleRowState, VectorOperand,
 };

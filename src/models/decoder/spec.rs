@@ -197,6 +197,48 @@ pub enum DecodeScores {
     KeysFirst,
 }
 
+/// Which library XLA:CPU runs the dots with. A compile option, not a form: the HLO is the same
+/// either way. A set records the XLA option overrides its graphs are compiled with in its
+/// manifest (`xla_options`), and the runtime applies them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CpuDots {
+    /// XLA's own choice: its dot emitter, and XNNPACK only where XLA's cost model accepts it.
+    #[default]
+    Xla,
+    /// Every dot XNNPACK can run goes to XNNPACK, past XLA's cost model
+    /// (`xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_DOT` with
+    /// `xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL`).
+    /// XLA:CPU multiplies f32 `[B, 1024] × [1024, 5632]` at B = 2..16 at about half the
+    /// bandwidth of B = 1; XNNPACK's small-batch kernels do not (eight such weights: 18.6 → 8.0
+    /// ms at B = 4, 17.1 → 11.1 at B = 8, 77.7 → 66.3 at B = 128; docs/decode-performance.md).
+    /// For bf16 they are slower (18.5 → 27.6 ms at B = 4), so only the f32 cpu preset uses
+    /// them. One replica only: XNNPACK fusions deadlock across replicas
+    /// (`tests/tp_deadlock.rs`), and the runtime compiles multi-replica sets without XNNPACK.
+    Xnnpack,
+}
+
+impl CpuDots {
+    /// The XLA option overrides, by name, that select these dots.
+    pub fn xla_options(self) -> std::collections::BTreeMap<String, String> {
+        match self {
+            CpuDots::Xla => Default::default(),
+            CpuDots::Xnnpack => [
+                (
+                    "xla_cpu_experimental_xnn_fusion_type",
+                    "LIBRARY_FUSION_TYPE_DOT",
+                ),
+                (
+                    "xla_cpu_experimental_xnn_graph_fusion_mode",
+                    "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL",
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }
+    }
+}
+
 /// Whether a projection the checkpoint may store fused (Q|K|V, gate|up) is one weight in the
 /// graph or several.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -262,6 +304,8 @@ pub struct GraphOptions {
     pub single_row_state: SingleRowState,
     /// Operand order of decode's attention-score dot.
     pub decode_scores: DecodeScores,
+    /// Which library XLA:CPU runs the dots with (a compile option; the HLO is unchanged).
+    pub cpu_dots: CpuDots,
 }
 
 impl GraphOptions {
@@ -272,8 +316,9 @@ impl GraphOptions {
     /// docs/decode-performance.md), a prefill whose last layer runs its MLP on the last
     /// token only ([`PrefillTail::LastToken`]), and a one-sequence state without its row dim
     /// read keys-first at batch 1 ([`SingleRowState::Squeezed`], [`DecodeScores::KeysFirst`]),
-    /// so that batch-1 decode copies no cache. The defaults stay NxD's forms for Neuron until
-    /// neuronx-cc has compared them.
+    /// so that batch-1 decode copies no cache; and compiled with XNNPACK's dots
+    /// ([`CpuDots::Xnnpack`], at one rank: [`GraphOptions::at_tp`]). The defaults stay NxD's
+    /// forms for Neuron until neuronx-cc has compared them.
     pub fn cpu() -> Self {
         GraphOptions {
             decode_cache_write: CacheWrite::DynamicUpdateSlice,
@@ -285,7 +330,17 @@ impl GraphOptions {
             prefill_tail: PrefillTail::LastToken,
             single_row_state: SingleRowState::Squeezed,
             decode_scores: DecodeScores::KeysFirst,
+            cpu_dots: CpuDots::Xnnpack,
             ..GraphOptions::default()
+        }
+    }
+
+    /// These options for a set of `tp` ranks: XNNPACK dots ([`CpuDots::Xnnpack`]) only at one
+    /// rank.
+    pub fn at_tp(self, tp: i64) -> Self {
+        GraphOptions {
+            cpu_dots: if tp > 1 { CpuDots::Xla } else { self.cpu_dots },
+            ..self
         }
     }
 
@@ -324,6 +379,7 @@ impl GraphOptions {
                 kv_dtype: KvDtype::F32,
                 f32_weights_from: Some(4096),
                 vector_operand: VectorOperand::Gathered,
+                cpu_dots: CpuDots::Xla,
                 ..GraphOptions::cpu()
             },
         }
@@ -383,6 +439,7 @@ impl Default for GraphOptions {
             matvec: Matvec::Xla,
             single_row_state: SingleRowState::Rows,
             decode_scores: DecodeScores::QueryFirst,
+            cpu_dots: CpuDots::Xla,
         }
     }
 }
