@@ -143,6 +143,12 @@ fn xnnpack_dots_are_a_compile_option_that_reaches_the_compiler() {
     assert_eq!(cpu.cpu_dots, CpuDots::Xnnpack);
     assert_eq!(cpu.clone().at_tp(2).cpu_dots, CpuDots::Xla, "one rank only");
     assert_eq!(GraphOptions::cpu_for(DType::BF16).cpu_dots, CpuDots::Xla);
+    // The sets `phi3 generate` builds keep XLA's dots: the plugin cannot serialize XNNPACK
+    // fusions, and the runtime's executable cache needs that.
+    assert_eq!(
+        GraphOptions::cpu_runtime_for(DType::F32).cpu_dots,
+        CpuDots::Xla
+    );
     let spec = GraphSpec::token_generation(4, CACHE, DType::F32).with_options(cpu.clone());
     let built = build_graph(cfg.as_ref(), &plan, &spec).unwrap();
     let xnn_fusions = |options: &CompileOptions| -> usize {

@@ -388,8 +388,12 @@ impl GraphOptions {
     /// What our runtime runs fastest on CPU: [`GraphOptions::cpu_for`] with the runtime's
     /// matrix-vector kernels ([`Matvec::Kernel`]) for f32 and bf16. For bf16 every weight stays
     /// bf16 (the kernel has no cliff at long contractions, so `down_proj` needs no f32 copy);
-    /// f32 keeps its `[in, out]` weights, which its kernel reads as they are. Graphs of this
-    /// preset need the kernels registered, which only [`crate::run::Engine`] does.
+    /// f32 keeps its `[in, out]` weights, which its kernel reads as they are, and XLA's own dots
+    /// ([`CpuDots::Xla`]): the plugin cannot serialize an executable with XNNPACK fusions
+    /// ("XnnFusionThunk is not serializable"), so the runtime's executable cache would miss
+    /// on every run, and the kernel already takes the few-row products XNNPACK speeds up most.
+    /// Graphs of this preset need the kernels registered, which only [`crate::run::Engine`]
+    /// does.
     pub fn cpu_runtime_for(dtype: crate::dsl::DType) -> Self {
         match dtype {
             crate::dsl::DType::BF16 => GraphOptions {
@@ -399,6 +403,7 @@ impl GraphOptions {
             },
             crate::dsl::DType::F32 => GraphOptions {
                 matvec: Matvec::Kernel,
+                cpu_dots: CpuDots::Xla,
                 ..GraphOptions::cpu_for(dtype)
             },
             _ => GraphOptions::cpu_for(dtype),
