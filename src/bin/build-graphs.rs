@@ -338,15 +338,19 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
             None => base.linear,
         },
         cpu_dots: match &args.cpu_dots {
-            Some(v) => match [CpuDots::Xla, CpuDots::Xnnpack][pick("cpu-dots", v, &["xla", "xnnpack"])?] {
-                CpuDots::Xnnpack if args.tp > 1 => {
+            Some(v) => {
+                let dots =
+                    [CpuDots::Xla, CpuDots::Xnnpack][pick("cpu-dots", v, &["xla", "xnnpack"])?];
+                if dots == CpuDots::Xnnpack && args.tp > 1 {
                     return Err(format!(
-                        "--cpu-dots xnnpack needs --tp 1, got --tp {}: XLA:CPU's XNNPACK fusions deadlock across replicas, so multi-replica sets are compiled without them",
+                        "--cpu-dots xnnpack needs --tp 1, got --tp {}: XLA:CPU's XNNPACK \
+                         fusions deadlock across replicas, so multi-replica sets are compiled \
+                         without them",
                         args.tp
-                    ))
+                    ));
                 }
-                dots => dots,
-            },
+                dots
+            }
             None => base.cpu_dots,
         },
     })
