@@ -148,6 +148,26 @@ fn f32_matches_hf_at_tp4() {
     }
 }
 
+/// The f32 cpu preset at one rank is compiled with XNNPACK's dots (`CpuDots::Xnnpack`, which
+/// the set's manifest lists as `xla_options` and the engine passes to the plugin): the same
+/// products summed in another order, as close to HF as with XLA's own dots, on the Phi-3
+/// fixtures and a Llama one with biases and a tied head.
+#[test]
+fn cpu_preset_with_xnnpack_dots_matches_hf_at_tp1() {
+    let cpu = GraphOptions::cpu();
+    assert_eq!(cpu.cpu_dots, CpuDots::Xnnpack);
+    let dir = fixture_dir("gqa");
+    let engine = engine_from_checkpoint(&plugin(), &dir, 1, DType::F32, 32, cpu.clone()).unwrap();
+    assert_eq!(
+        engine.manifest().xla_options,
+        CpuDots::Xnnpack.xla_options(),
+        "the engine compiles the set with its manifest's options"
+    );
+    for f in FIXTURES.iter().copied().chain(["llama_bias_tied"]) {
+        check(f, 1, DType::F32, 1e-4, 16, &cpu);
+    }
+}
+
 /// Every experiment knob changes the graph, never the numerics: each variant must match HF
 /// exactly as the default does. `gqa_mha_convert` runs at tp=3, where its vocab (320) and
 /// intermediate size (160) need padding, so the sharded-logits paths see padded columns. (The `AwsNeuronRmsNorm` custom call is Neuron-only and is
