@@ -561,6 +561,7 @@ fn options_are_deduplicated_checked_and_recorded() {
         };
         let m = read_manifest(tp);
         assert_eq!(m["options"]["cpu_dots"], "Xla", "{args:?}");
+        assert_eq!(m["graphs"][0]["options"]["cpu_dots"], "Xla", "{args:?}");
         assert!(
             m.get("xla_options").is_none(),
             "{args:?}: {}",

@@ -231,7 +231,7 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
     };
     let base = match args.preset.as_str() {
         "neuron" => GraphOptions::neuron(),
-        "cpu" => GraphOptions::cpu_for(dtype).at_tp(args.tp),
+        "cpu" => GraphOptions::cpu_for(dtype),
         "portable" => GraphOptions::default(),
         other => {
             return Err(format!(
