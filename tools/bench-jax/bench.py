@@ -404,14 +404,11 @@ def run(args):
             if not names:
                 continue
             ours = OurSet(client, dev, graphs_dir, weights_file, names, weight_cache)
-            if args.jax_xla_options == "same" and ours.xla_options:
-                # JAX compiled with the set's XLA options too: the same XLA, the same options.
+            if args.jax_xla_options == "same":
+                # JAX compiled with this set's XLA options too: the same XLA, the same options.
                 jax_prefill = phi3_jax.make_step(cfg, decode=False, compiler_options=ours.xla_options)
                 jax_decode = phi3_jax.make_step(cfg, decode=True, cache_write=args.jax_cache_write,
                                                 compiler_options=ours.xla_options)
-            elif args.jax_xla_options == "same":
-                jax_prefill = phi3_jax.make_step(cfg, decode=False)
-                jax_decode = phi3_jax.make_step(cfg, decode=True, cache_write=args.jax_cache_write)
             full = [B, cfg["num_key_value_heads"], T, cfg["hidden_size"] // cfg["num_attention_heads"]]
             # A one-sequence state may come without its row dim (`--single-row-state squeezed`,
             # the cpu preset's): the same values, which JAX's caches hold as [1, kv, T, hd].
