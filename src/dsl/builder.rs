@@ -6,9 +6,10 @@ use crate::ir::ops::{
     Concatenate, Constant, CustomCall, GetTupleElement, Iota, Op, Parameter, Tuple,
 };
 use crate::ir::{
-    verify_recorded, Alias, AliasKind, ArrayType, DType, Graph, Literal, Node, NodeId, Provenance,
-    ShapeError, Type, VerifyErrors,
+    verify_recorded, Alias, AliasKind, ArrayType, DType, Graph, Literal, Node, NodeId, Operands,
+    Provenance, ShapeError, Type, VerifyErrors,
 };
+use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::panic::Location;
 use std::rc::Rc;
@@ -86,6 +87,13 @@ impl GraphBuilder {
         }
     }
 
+    /// Makes room for `nodes` more nodes (and their operand edges), so that a caller who knows
+    /// about how large its graph will be records it without the node storage growing (and
+    /// being copied) a dozen times. Only a hint: the graph still grows past it.
+    pub fn reserve(&self, nodes: usize) {
+        self.state.borrow_mut().graph.reserve(nodes);
+    }
+
     /// Enters a named scope (e.g. `layers.3`, then `self_attn`) until the guard drops. The scope
     /// path (`model/layers.3/self_attn`) goes into errors and into HLO `OpMetadata.op_name`.
     pub fn scope(&self, name: impl Into<String>) -> ScopeGuard {
@@ -125,7 +133,7 @@ impl GraphBuilder {
             let e = ShapeError::invalid("builder", "the graph was already finished");
             return Err(self.op_error(op.name(), types(), e, location));
         }
-        let refs: Vec<&Type> = operands.iter().map(|(_, t)| t).collect();
+        let refs: SmallVec<[&Type; 4]> = operands.iter().map(|(_, t)| t).collect();
         let ty = op
             .infer(&refs)
             .map_err(|e| self.op_error(op.name(), types(), e, location))?;
@@ -135,7 +143,7 @@ impl GraphBuilder {
             line: location.line(),
             column: location.column(),
         };
-        let ids: Vec<NodeId> = operands.iter().map(|(id, _)| *id).collect();
+        let ids: Operands = operands.iter().map(|(id, _)| *id).collect();
         let id = self.state.borrow_mut().graph.add_node_unchecked(
             Node {
                 op,
@@ -198,7 +206,7 @@ impl GraphBuilder {
         operands: &[&Tensor],
     ) -> Result<Tensor, OpError> {
         let op = op.into();
-        let mut raw = Vec::with_capacity(operands.len());
+        let mut raw: SmallVec<[(NodeId, Type); 4]> = SmallVec::with_capacity(operands.len());
         for t in operands {
             if !Rc::ptr_eq(&t.builder.state, &self.state) {
                 let types = operands

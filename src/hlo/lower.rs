@@ -51,16 +51,18 @@ pub fn lower(g: &Graph, opts: &LowerOptions) -> Result<HloModuleProto, VerifyErr
     }
     let mut m = ModuleEmitter::new();
     let mut entry = m.begin("main");
-    // Some ops lower to more than one instruction (a reduce adds its init constant); room
-    // for twice the nodes costs only address space, where growing would copy every one.
-    entry.reserve(2 * g.node_count() + 16);
+    // Some ops lower to more than one instruction (a reduce adds its init constant), but
+    // fewer than one in four; growing past the room would copy every instruction.
+    entry.reserve(g.node_count() + g.node_count() / 4 + 16);
     let mut values = vec![-1i64; g.index_bound()];
     // (number, shape, name) of each entry parameter, for the host program shape.
     let mut params = Vec::new();
 
+    let mut operands: Vec<i64> = Vec::new();
     for n in g.topo_order() {
         let node = g.node(n);
-        let operands: Vec<i64> = g.operands(n).iter().map(|o| values[o.index()]).collect();
+        operands.clear();
+        operands.extend(g.operands(n).iter().map(|o| values[o.index()]));
         let start = entry.instruction_count();
         let id = node.op.lower(&mut entry, &operands, &node.ty);
         let p = &node.provenance;

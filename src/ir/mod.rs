@@ -11,7 +11,7 @@ pub mod types;
 pub mod verify;
 
 pub use error::ShapeError;
-pub use graph::{Alias, AliasKind, Graph, Node, NodeId, Provenance};
+pub use graph::{Alias, AliasKind, Graph, Node, NodeId, Operands, Provenance};
 pub use literal::Literal;
 pub use ops::Op;
 pub use types::{ArrayType, DType, Type};

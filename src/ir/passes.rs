@@ -1,6 +1,6 @@
 //! Graph passes as small composable units. A tuple of passes is a pass that runs them in order.
 
-use super::graph::{Graph, NodeId};
+use super::graph::{Graph, NodeId, Operands};
 use super::ops::Op;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -76,7 +76,7 @@ impl Pass for CommonSubexpressionElimination {
         // then merge. Topological order: a node's operands are canonical when it is visited.
         let mut merge: FxHashMap<NodeId, NodeId> = FxHashMap::default();
         {
-            let mut seen: FxHashMap<(&Op, Vec<NodeId>), NodeId> =
+            let mut seen: FxHashMap<(&Op, Operands), NodeId> =
                 FxHashMap::with_capacity_and_hasher(order.len(), Default::default());
             for &n in &order {
                 let op = &g.node(n).op;

@@ -848,6 +848,8 @@ pub fn lint(m: &HloModuleProto) -> Vec<Finding> {
     // Distinct replica-group sets, in first-use order, with the instruction that used each
     // first.
     let mut group_sets: Vec<(String, HloInstructionProto)> = Vec::new();
+    // Each instruction's leaf element types, in one buffer for the whole module.
+    let mut types = Vec::new();
 
     for comp in &m.computations {
         let by_id: HashMap<i64, &HloInstructionProto> =
@@ -869,10 +871,10 @@ pub fn lint(m: &HloModuleProto) -> Vec<Finding> {
 
             // Element types and dynamic dims of the result.
             if let Some(shape) = &i.shape {
-                let mut types = Vec::new();
+                types.clear();
                 leaf_types(shape, &mut types);
                 let mut seen = HashSet::default();
-                for t in types {
+                for &t in &types {
                     if let Some((code, name)) = dtype_rule(t) {
                         if seen.insert(code) {
                             sink.push(i, code, format!("`{op}` produces {name} values"));
