@@ -217,8 +217,9 @@ pub fn record_causal_lm<M: CausalLm>(
         ));
     }
     let mut cx = Recorder::new(spec, plan);
-    // A decoder layer records about 150-160 nodes (Phi-3, Phi-4-mini, Llama); the head and
-    // the sampler a few hundred.
+    // A decoder layer records about 150-160 nodes (Phi-3-mini 151, Phi-4-mini 160 in the
+    // default set); the head and the sampler a few hundred. A hint only: the graph grows
+    // past it.
     cx.b.reserve(192 * layers + 512);
     let (bsz, s) = (spec.batch, spec.seq_len);
     let inputs = Inputs {
