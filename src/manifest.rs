@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The `format` string of this version of the contract.
-pub const FORMAT: &str = "phi3-neuron-manifest/2";
+pub const FORMAT: &str = "phi3-neuron-manifest/3";
 
 /// Which tensor of a layer's KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,6 +137,11 @@ pub struct GraphEntry {
     /// The knobs the graph was recorded with.
     #[serde(default)]
     pub options: serde_json::Value,
+    /// XLA option overrides (`CompileOptionsProto.env_option_overrides`, by flag name) the
+    /// graph is meant to be compiled with on XLA:CPU; the runtime applies them. Absent when
+    /// there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xla_options: BTreeMap<String, String>,
     /// Files of the graph, relative to the manifest's folder (`.hlo.pb` first).
     pub files: Vec<String>,
     pub proto_sha256: String,
@@ -238,11 +243,6 @@ pub struct Manifest {
     pub dtype: DType,
     /// The graph options (knobs) the set was recorded with, resolved.
     pub options: serde_json::Value,
-    /// XLA option overrides (`CompileOptionsProto.env_option_overrides`, by flag name) every
-    /// graph of the set is meant to be compiled with on XLA:CPU; the runtime applies them.
-    /// Absent when there are none.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub xla_options: BTreeMap<String, String>,
     /// optimum-neuron / NxDI `neuron_config.json` fields that describe the set.
     pub neuron_config: serde_json::Value,
     pub input_conventions: serde_json::Value,

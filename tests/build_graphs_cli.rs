@@ -159,6 +159,10 @@ fn bad_options_fail_with_one_clear_line() {
             &["--preset", "cpu", "--dtype", "f32", "--cpu-dots", "xnnpack"],
             "--cpu-dots xnnpack needs --tp 1, got --tp 2",
         ),
+        (
+            &["--cpu-dots", "xnnpack-decode"],
+            "--cpu-dots xnnpack-decode needs --tp 1, got --tp 2",
+        ),
     ];
     for (args, expected) in cases {
         let mut all = vec!["--out", o, "--layers", "1", "--buckets", "16"];
@@ -525,18 +529,40 @@ fn options_are_deduplicated_checked_and_recorded() {
             g["name"]
         );
     }
-    // The f32 cpu preset is compiled with XNNPACK's dots at one rank: the manifest lists the
-    // XLA options. At two ranks, in bf16 and in the neuron preset, it lists none (asking for
-    // them at two ranks is refused: bad_options_fail_with_one_clear_line).
+    // The f32 cpu preset compiles token generation with XNNPACK's dots at one rank: those
+    // graphs' entries list the XLA options, context encoding's none. `--cpu-dots xnnpack`
+    // lists them for every graph. At two ranks, in bf16, in the neuron preset and with
+    // `--cpu-dots xla` no graph lists any (asking for XNNPACK at two ranks is refused:
+    // bad_options_fail_with_one_clear_line).
     let tp1 = out.join("phi-3-mini-4k/tp1");
+    let bypass = |g: &serde_json::Value| {
+        g["xla_options"]["xla_cpu_experimental_xnn_graph_fusion_mode"]
+            == "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL"
+    };
     let r = small(&["--preset", "cpu", "--dtype", "f32", "--tp", "1"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let m = read_manifest(&tp1);
+    assert_eq!(m["options"]["cpu_dots"], "XnnpackDecode");
+    assert!(m.get("xla_options").is_none(), "per graph, not per set");
+    for g in m["graphs"].as_array().unwrap() {
+        let decode = g["kind"] == "token_generation";
+        assert_eq!(bypass(g), decode, "{}", g["name"]);
+        assert_eq!(g.get("xla_options").is_none(), !decode, "{}", g["name"]);
+    }
+    let r = small(&[
+        "--preset",
+        "cpu",
+        "--dtype",
+        "f32",
+        "--tp",
+        "1",
+        "--cpu-dots",
+        "xnnpack",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = read_manifest(&tp1);
     assert_eq!(m["options"]["cpu_dots"], "Xnnpack");
-    assert_eq!(
-        m["xla_options"]["xla_cpu_experimental_xnn_graph_fusion_mode"],
-        "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL"
-    );
+    assert!(m["graphs"].as_array().unwrap().iter().all(bypass));
     for args in [
         &["--preset", "cpu", "--dtype", "f32"][..],
         &["--preset", "cpu", "--tp", "1"],
@@ -561,12 +587,10 @@ fn options_are_deduplicated_checked_and_recorded() {
         };
         let m = read_manifest(tp);
         assert_eq!(m["options"]["cpu_dots"], "Xla", "{args:?}");
-        assert_eq!(m["graphs"][0]["options"]["cpu_dots"], "Xla", "{args:?}");
-        assert!(
-            m.get("xla_options").is_none(),
-            "{args:?}: {}",
-            m["xla_options"]
-        );
+        for g in m["graphs"].as_array().unwrap() {
+            assert_eq!(g["options"]["cpu_dots"], "Xla", "{args:?}");
+            assert!(g.get("xla_options").is_none(), "{args:?}: {}", g["name"]);
+        }
     }
     let r = small(&["--decode-rows", "sideways"]);
     let err = String::from_utf8_lossy(&r.stderr);

@@ -17,8 +17,9 @@
 use phi3_neuron::build::session::engine_from_checkpoint;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    AliasKind, CacheWrite, CpuDots, DecodeScores, DotResult, Fusion, GqaDot, GraphOptions,
-    GraphSpec, KvDtype, LinearForm, Matvec, PrefillTail, Sampling, SingleRowState, VectorOperand,
+    AliasKind, CacheWrite, CpuDots, DecodeScores, DotResult, Fusion, GqaDot, GraphKind,
+    GraphOptions, GraphSpec, KvDtype, LinearForm, Matvec, PrefillTail, Sampling, SingleRowState,
+    VectorOperand,
 };
 use phi3_neuron::models::phi3::Phi3Config;
 use phi3_neuron::models::{from_file, DecoderModel};
@@ -148,24 +149,39 @@ fn f32_matches_hf_at_tp4() {
     }
 }
 
-/// The f32 cpu preset at one rank is compiled with XNNPACK's dots (`CpuDots::Xnnpack`, which
-/// the set's manifest lists as `xla_options` and the engine passes to the plugin): the same
-/// products summed in another order, as close to HF as with XLA's own dots, on the Phi-3
-/// fixtures and a Llama one with biases and a tied head.
+/// The f32 cpu preset at one rank compiles token generation with XNNPACK's dots
+/// (`CpuDots::XnnpackDecode`, which each graph's manifest entry lists as `xla_options` and the
+/// engine passes to the plugin): the same products summed in another order, as close to HF as
+/// with XLA's own dots, on the Phi-3 fixtures and a Llama one with biases and a tied head. And
+/// with XNNPACK's dots in every graph (`CpuDots::Xnnpack`), on one fixture.
 #[test]
 fn cpu_preset_with_xnnpack_dots_matches_hf_at_tp1() {
     let cpu = GraphOptions::cpu();
-    assert_eq!(cpu.cpu_dots, CpuDots::Xnnpack);
+    assert_eq!(cpu.cpu_dots, CpuDots::XnnpackDecode);
     let dir = fixture_dir("gqa");
     let engine = engine_from_checkpoint(&plugin(), &dir, 1, DType::F32, 32, cpu.clone()).unwrap();
-    assert_eq!(
-        engine.manifest().xla_options,
-        CpuDots::Xnnpack.xla_options(),
-        "the engine compiles the set with its manifest's options"
-    );
+    for g in &engine.manifest().graphs {
+        assert_eq!(
+            g.xla_options,
+            CpuDots::XnnpackDecode.xla_options(g.kind),
+            "{}: the engine compiles each graph with its manifest entry's options",
+            g.name
+        );
+        assert_eq!(
+            g.xla_options.is_empty(),
+            g.kind == GraphKind::ContextEncoding,
+            "{}: XNNPACK's dots in token generation only",
+            g.name
+        );
+    }
     for f in FIXTURES.iter().copied().chain(["llama_bias_tied"]) {
         check(f, 1, DType::F32, 1e-4, 16, &cpu);
     }
+    let everywhere = GraphOptions {
+        cpu_dots: CpuDots::Xnnpack,
+        ..cpu
+    };
+    check(FIXTURES[0], 1, DType::F32, 1e-4, 16, &everywhere);
 }
 
 /// Every experiment knob changes the graph, never the numerics: each variant must match HF

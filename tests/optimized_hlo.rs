@@ -13,7 +13,7 @@ use common::{client, plugin};
 use phi3_neuron::build::build_graph;
 use phi3_neuron::dsl::DType;
 use phi3_neuron::models::decoder::{
-    CpuDots, DecodeScores, GraphOptions, GraphSpec, SingleRowState,
+    CpuDots, DecodeScores, GraphKind, GraphOptions, GraphSpec, SingleRowState,
 };
 use phi3_neuron::models::from_file;
 use pjrt_runtime::CompileOptions;
@@ -140,7 +140,7 @@ fn xnnpack_dots_are_a_compile_option_that_reaches_the_compiler() {
     let cfg = from_file(&dir.join("config.json")).unwrap();
     let plan = cfg.plan(1).unwrap();
     let cpu = GraphOptions::cpu();
-    assert_eq!(cpu.cpu_dots, CpuDots::Xnnpack);
+    assert_eq!(cpu.cpu_dots, CpuDots::XnnpackDecode);
     assert_eq!(cpu.clone().at_tp(2).cpu_dots, CpuDots::Xla, "one rank only");
     assert_eq!(GraphOptions::cpu_for(DType::BF16).cpu_dots, CpuDots::Xla);
     // The sets `phi3 generate` builds keep XLA's dots: the plugin cannot serialize XNNPACK
@@ -158,10 +158,19 @@ fn xnnpack_dots_are_a_compile_option_that_reaches_the_compiler() {
             .filter(|i| String::from_utf8_lossy(&i.backend_config).contains("\"__xnn_fusion\""))
             .count()
     };
-    let xla_options = cpu.cpu_dots.xla_options();
+    let xla_options = cpu.cpu_dots.xla_options(GraphKind::TokenGeneration);
     let with = xnn_fusions(&CompileOptions::default().with_xla_options(&xla_options));
     assert!(with > 0, "no XNNPACK fusion with {xla_options:?}");
     assert_eq!(xnn_fusions(&CompileOptions::default()), 0, "by default");
+    // Context encoding keeps XLA's own choice; asking for XNNPACK everywhere gives it too.
+    assert!(cpu
+        .cpu_dots
+        .xla_options(GraphKind::ContextEncoding)
+        .is_empty());
+    assert_eq!(
+        CpuDots::Xnnpack.xla_options(GraphKind::ContextEncoding),
+        xla_options
+    );
 
     // An option value the plugin does not know fails the compile, naming the option.
     let bad = CompileOptions::default().with_xla_options(

@@ -153,10 +153,12 @@ struct Args {
     /// the cpu preset's).
     #[arg(long)]
     decode_scores: Option<String>,
-    /// Which library XLA:CPU runs the dots with: a compile option, listed in the manifest's
-    /// xla_options (the HLO does not change). xla (XLA's own choice; every preset's but the f32
-    /// cpu preset's) or xnnpack (XNNPACK for every dot, past XLA's cost model: batched f32
-    /// decode about twice as fast; the f32 cpu preset's at --tp 1, and only at --tp 1).
+    /// Which library XLA:CPU runs the dots with: a compile option, listed in each graph's
+    /// manifest entry as xla_options (the HLO does not change). xla (XLA's own choice; every
+    /// preset's but the f32 cpu preset's), xnnpack (XNNPACK for every dot, past XLA's cost
+    /// model: batched f32 decode about twice as fast) or xnnpack-decode (XNNPACK for token
+    /// generation, XLA's choice for context encoding; the f32 cpu preset's at --tp 1). Both
+    /// XNNPACK choices need --tp 1.
     #[arg(long)]
     cpu_dots: Option<String>,
     /// On-device token selection: none (logits only), greedy (argmax), or on-device (per-row
@@ -339,14 +341,15 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
         },
         cpu_dots: match &args.cpu_dots {
             Some(v) => {
-                let dots =
-                    [CpuDots::Xla, CpuDots::Xnnpack][pick("cpu-dots", v, &["xla", "xnnpack"])?];
-                if dots == CpuDots::Xnnpack && args.tp > 1 {
+                let names = ["xla", "xnnpack", "xnnpack-decode"];
+                let k = pick("cpu-dots", v, &names)?;
+                let dots = [CpuDots::Xla, CpuDots::Xnnpack, CpuDots::XnnpackDecode][k];
+                if dots != CpuDots::Xla && args.tp > 1 {
                     return Err(format!(
-                        "--cpu-dots xnnpack needs --tp 1, got --tp {}: XLA:CPU's XNNPACK \
+                        "--cpu-dots {} needs --tp 1, got --tp {}: XLA:CPU's XNNPACK \
                          fusions deadlock across replicas, so multi-replica sets are compiled \
                          without them",
-                        args.tp
+                        names[k], args.tp
                     ));
                 }
                 dots

@@ -104,6 +104,7 @@ pub fn graph_entry(model: &dyn DecoderModel, a: &GraphArtifact<'_>) -> GraphEntr
         runs_on_cpu: s.options.runs_on_cpu(),
         runtime_kernels: b.runtime_kernels.clone(),
         options: options_json(model, &s.options),
+        xla_options: s.options.cpu_dots.xla_options(s.kind),
         files: a.files.clone(),
         proto_sha256: b.proto_sha256.clone(),
         proto_bytes: b.proto_len,
@@ -257,7 +258,6 @@ pub fn manifest(set: &SetInfo<'_>, weights: Vec<WeightDecl>, graphs: Vec<GraphEn
         replica_groups: vec![(0..plan.tp).collect()],
         dtype,
         options: options_json(model, options),
-        xla_options: options.cpu_dots.xla_options(),
         neuron_config: json!({
             "batch_size": max_batch,
             "max_batch_size": max_batch,

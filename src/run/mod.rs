@@ -339,17 +339,17 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    /// What every graph of the set is compiled with: one replica per rank, and the XLA options
-    /// the set's manifest lists.
-    fn compile_options(&self) -> CompileOptions {
-        CompileOptions::replicas(self.tp as i64).with_xla_options(&self.manifest.xla_options)
+    /// What a graph is compiled with: one replica per rank, and the XLA options its manifest
+    /// entry lists.
+    fn compile_options(&self, g: &GraphEntry) -> CompileOptions {
+        CompileOptions::replicas(self.tp as i64).with_xla_options(&g.xla_options)
     }
 
     fn cache_key(&self, g: &GraphEntry) -> String {
         let plugin = self.client.plugin();
         let (major, minor) = plugin.api_version();
         // The compile options as the plugin receives them (replicas and XLA option overrides).
-        let options = prost::Message::encode_to_vec(&self.compile_options().to_proto());
+        let options = prost::Message::encode_to_vec(&self.compile_options(g).to_proto());
         sha256_hex(
             format!(
                 "{}\n{}\n{major}.{minor}\n{}\n{}\n{}",
@@ -383,9 +383,9 @@ impl Engine {
                     exe
                 }
                 // A stale or foreign entry: compile and overwrite it.
-                Err(_) => self.compile(&proto)?,
+                Err(_) => self.compile(&g.entry, &proto)?,
             },
-            None => self.compile(&proto)?,
+            None => self.compile(&g.entry, &proto)?,
         };
         if let (Some(path), false) = (&cached, hit) {
             // Best effort: a cache that cannot be written only costs the next run a compile.
@@ -402,8 +402,8 @@ impl Engine {
         Ok(exe)
     }
 
-    fn compile(&self, proto: &[u8]) -> Result<LoadedExecutable, RunError> {
-        Ok(self.client.compile_bytes(proto, &self.compile_options())?)
+    fn compile(&self, g: &GraphEntry, proto: &[u8]) -> Result<LoadedExecutable, RunError> {
+        Ok(self.client.compile_bytes(proto, &self.compile_options(g))?)
     }
 
     fn graph(&self, kind: GraphKind, bucket: i64) -> Result<&Graph, RunError> {

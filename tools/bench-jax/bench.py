@@ -94,7 +94,7 @@ def read_safetensors(path):
 class OurGraph:
     """One HloModuleProto compiled by the plugin's client; call(...) runs it with donated caches."""
 
-    def __init__(self, client, device, path, spec, xla_options):
+    def __init__(self, client, device, path, spec, xla_options=None):
         from jax._src.lib import xla_client
         self.spec = spec
         self.name = spec["name"]
@@ -107,9 +107,11 @@ class OurGraph:
         # The compile options jax.jit uses for a one-device computation, so both sides are compiled alike.
         from jax._src import compiler
         opts = compiler.get_compile_options(num_replicas=1, num_partitions=1, backend=client)
-        # The XLA options the set's manifest lists (the f32 cpu preset's XNNPACK dots), as the
-        # phi3 runtime compiles it; the same field jax.jit's compiler_options fills.
-        opts.env_option_overrides = sorted(xla_options.items())
+        # The XLA options the graph's manifest entry lists (the f32 cpu preset's XNNPACK dots in
+        # token generation), as the phi3 runtime compiles it; the same field jax.jit's
+        # compiler_options fills. `xla_options` overrides them (for experiments).
+        self.xla_options = spec.get("xla_options", {}) if xla_options is None else xla_options
+        opts.env_option_overrides = sorted(self.xla_options.items())
         t0 = time.perf_counter()
         self.exe = client.compile_and_load(self.stablehlo, [device], opts)
         self.compile_s = time.perf_counter() - t0
@@ -138,12 +140,10 @@ class OurSet:
             self.manifest = json.load(f)
         m = self.manifest
         self.kv = m["kv_state"]
-        self.xla_options = m.get("xla_options", {})
         self.graphs = {}
         for g in m["graphs"]:
             if g["name"] in names:
-                self.graphs[g["name"]] = OurGraph(client, device, os.path.join(graphs_dir, g["files"][0]), g,
-                                                  self.xla_options)
+                self.graphs[g["name"]] = OurGraph(client, device, os.path.join(graphs_dir, g["files"][0]), g)
         missing = set(names) - set(self.graphs)
         assert not missing, f"{graphs_dir}: no graph {sorted(missing)}"
         key = (weights_file, json.dumps([(w["name"], w["dtype"], w["shape"]) for w in m["weights"]]))
@@ -405,10 +405,14 @@ def run(args):
                 continue
             ours = OurSet(client, dev, graphs_dir, weights_file, names, weight_cache)
             if args.jax_xla_options == "same":
-                # JAX compiled with this set's XLA options too: the same XLA, the same options.
-                jax_prefill = phi3_jax.make_step(cfg, decode=False, compiler_options=ours.xla_options)
-                jax_decode = phi3_jax.make_step(cfg, decode=True, cache_write=args.jax_cache_write,
-                                                compiler_options=ours.xla_options)
+                # JAX compiled with the XLA options of our graph of the same kind too: the same
+                # XLA, the same options.
+                for g in ours.graphs.values():
+                    if g.spec["kind"] == "token_generation":
+                        jax_decode = phi3_jax.make_step(cfg, decode=True, cache_write=args.jax_cache_write,
+                                                        compiler_options=g.xla_options)
+                    else:
+                        jax_prefill = phi3_jax.make_step(cfg, decode=False, compiler_options=g.xla_options)
             full = [B, cfg["num_key_value_heads"], T, cfg["hidden_size"] // cfg["num_attention_heads"]]
             # A one-sequence state may come without its row dim (`--single-row-state squeezed`,
             # the cpu preset's): the same values, which JAX's caches hold as [1, kv, T, hd].
@@ -521,8 +525,8 @@ def run(args):
                               args.warmup, args.rounds, calls)
                 r.update({"dtype": dtype, "variant": variant, "phase": "decode" if decode else "prefill", "batch": B,
                           "tokens_per_row": s, "graph": name, "ours_compile_s": g.compile_s,
-                          "ours_xla_options": ours.xla_options,
-                          "jax_xla_options": ours.xla_options if args.jax_xla_options == "same" else {}})
+                          "ours_xla_options": g.xla_options,
+                          "jax_xla_options": g.xla_options if args.jax_xla_options == "same" else {}})
                 results["cases"].append(r)
                 print(f"bench-jax: {dtype} {variant} {r['phase']} B={B}: ours {r['ours_ms']:.2f} ms, JAX {r['jax_ms']:.2f} ms, "
                       f"ours/JAX {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})", file=sys.stderr)
@@ -595,9 +599,9 @@ def report(r):
              "Ours: `xla` is the cpu preset (XLA's own ops only, runs in any XLA runtime); `kernels` is the "
              "set `phi3 generate` builds (`--matvec kernel`: the runtime's f32/bf16 kernels for "
              "products of up to 8 rows, registered with the plugin through its FFI extension). Each "
-             "set is compiled with the XLA options its manifest lists (`xla_options`: the f32 cpu "
-             "preset's XNNPACK dots), as the phi3 runtime compiles it. JAX: "
-             + ("compiled with each set's `xla_options` too (`--jax-xla-options same`)."
+             "graph is compiled with the XLA options its manifest entry lists (`xla_options`: the f32 cpu "
+             "preset's XNNPACK dots in token generation), as the phi3 runtime compiles it. JAX: "
+             + ("compiled with our graph's `xla_options` too (`--jax-xla-options same`)."
                 if r.get("jax_xla_options") == "same" else
                 "jax.jit's defaults, what a JAX user gets (`--jax-xla-options same` gives it the sets' options)."),
              "",

@@ -196,8 +196,8 @@ impl<'a> Recorder<'a> {
                 role,
             })
             .collect();
-        // The options as the graph is compiled (XNNPACK's dots only at one rank), so its
-        // manifest entry says what the set's `xla_options` do.
+        // The options as the graph is compiled (XNNPACK's dots only at one rank), which its
+        // manifest entry's `xla_options` follow.
         let spec = GraphSpec {
             options: self.spec.options.clone().at_tp(self.plan.tp),
             ..self.spec.clone()

@@ -198,8 +198,8 @@ pub enum DecodeScores {
 }
 
 /// Which library XLA:CPU runs the dots with. A compile option, not a form: the HLO is the same
-/// either way. A set records the XLA option overrides its graphs are compiled with in its
-/// manifest (`xla_options`), and the runtime applies them.
+/// either way. Each graph's manifest entry records the XLA option overrides it is compiled with
+/// (`xla_options`), and the runtime applies them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CpuDots {
     /// XLA's own choice: its dot emitter, and XNNPACK only where XLA's cost model accepts it.
@@ -207,35 +207,48 @@ pub enum CpuDots {
     Xla,
     /// Every dot XNNPACK can run goes to XNNPACK, past XLA's cost model
     /// (`xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_DOT` with
-    /// `xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL`).
-    /// XLA:CPU multiplies f32 `[B, 1024] × [1024, 5632]` at B = 2..16 at about half the
-    /// bandwidth of B = 1; XNNPACK's small-batch kernels do not (eight such weights: 18.6 → 8.0
-    /// ms at B = 4, 17.1 → 11.1 at B = 8, 77.7 → 66.3 at B = 128; docs/decode-performance.md).
-    /// For bf16 they are slower (18.5 → 27.6 ms at B = 4), so only the f32 cpu preset uses
-    /// them. One replica only: XNNPACK fusions deadlock across replicas
-    /// (`tests/tp_deadlock.rs`), and the runtime compiles multi-replica sets without XNNPACK.
+    /// `xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL`),
+    /// in every graph. XLA:CPU multiplies f32 `[B, 1024] × [1024, 5632]` at B = 2..16 at about
+    /// half the bandwidth of B = 1; XNNPACK's small-batch kernels do not (eight such weights:
+    /// 18.6 → 8.0 ms at B = 4, 17.1 → 11.1 at B = 8; docs/decode-performance.md). For bf16
+    /// they are slower (18.5 → 27.6 ms at B = 4), so no bf16 preset uses them. One replica
+    /// only: XNNPACK fusions deadlock across replicas (`tests/tp_deadlock.rs`), and the
+    /// runtime compiles multi-replica sets without XNNPACK.
     Xnnpack,
+    /// [`CpuDots::Xnnpack`] for token generation's dots (a few rows each), XLA's own choice
+    /// for context encoding's (a bucket of rows per sequence). At 128 rows XLA's choice is the
+    /// faster one for the bench model's `[in, out]` weights of up to 3072 outputs (qkv 4.7
+    /// against 5.8 ms, down 4.5 against 5.5), and XNNPACK only for the 5632-wide fused
+    /// gate|up, which the f32 cpu preset splits ([`Fusion::Split`]); the bench model's
+    /// batch-1 prefill takes 190 ms this way against 211 with XNNPACK everywhere
+    /// (docs/decode-performance.md). The f32 cpu preset's.
+    XnnpackDecode,
 }
 
 impl CpuDots {
-    /// The XLA option overrides, by name, that select these dots.
-    pub fn xla_options(self) -> std::collections::BTreeMap<String, String> {
-        match self {
-            CpuDots::Xla => Default::default(),
-            CpuDots::Xnnpack => [
-                (
-                    "xla_cpu_experimental_xnn_fusion_type",
-                    "LIBRARY_FUSION_TYPE_DOT",
-                ),
-                (
-                    "xla_cpu_experimental_xnn_graph_fusion_mode",
-                    "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL",
-                ),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+    /// The XLA option overrides, by name, that a graph of `kind` is compiled with.
+    pub fn xla_options(self, kind: GraphKind) -> std::collections::BTreeMap<String, String> {
+        let xnnpack = match self {
+            CpuDots::Xla => false,
+            CpuDots::Xnnpack => true,
+            CpuDots::XnnpackDecode => kind == GraphKind::TokenGeneration,
+        };
+        if !xnnpack {
+            return Default::default();
         }
+        [
+            (
+                "xla_cpu_experimental_xnn_fusion_type",
+                "LIBRARY_FUSION_TYPE_DOT",
+            ),
+            (
+                "xla_cpu_experimental_xnn_graph_fusion_mode",
+                "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 }
 
@@ -316,11 +329,14 @@ impl GraphOptions {
     /// docs/decode-performance.md), a prefill whose last layer runs its MLP on the last
     /// token only ([`PrefillTail::LastToken`]), and a one-sequence state without its row dim
     /// read keys-first at batch 1 ([`SingleRowState::Squeezed`], [`DecodeScores::KeysFirst`]),
-    /// so that batch-1 decode copies no cache; and compiled with XNNPACK's dots
-    /// ([`CpuDots::Xnnpack`], at one rank: [`GraphOptions::at_tp`]). The defaults stay NxD's
-    /// forms for Neuron until neuronx-cc has compared them.
+    /// so that batch-1 decode copies no cache; gate and up as two weights
+    /// ([`Fusion::Split`]: XLA:CPU's own dots run a 2816-wide weight at 172 GFLOP/s and the
+    /// 5632-wide fused one at 152, at 128 rows); and token generation compiled with XNNPACK's
+    /// dots ([`CpuDots::XnnpackDecode`], at one rank: [`GraphOptions::at_tp`]). The defaults
+    /// stay NxD's forms for Neuron until neuronx-cc has compared them.
     pub fn cpu() -> Self {
         GraphOptions {
+            gate_up: Fusion::Split,
             decode_cache_write: CacheWrite::DynamicUpdateSlice,
             linear: LinearForm::InputMajor,
             kv_alias: AliasKind::May,
@@ -330,13 +346,13 @@ impl GraphOptions {
             prefill_tail: PrefillTail::LastToken,
             single_row_state: SingleRowState::Squeezed,
             decode_scores: DecodeScores::KeysFirst,
-            cpu_dots: CpuDots::Xnnpack,
+            cpu_dots: CpuDots::XnnpackDecode,
             ..GraphOptions::default()
         }
     }
 
-    /// These options for a set of `tp` ranks: XNNPACK dots ([`CpuDots::Xnnpack`]) only at one
-    /// rank.
+    /// These options for a set of `tp` ranks: XNNPACK dots ([`CpuDots::Xnnpack`],
+    /// [`CpuDots::XnnpackDecode`]) only at one rank.
     pub fn at_tp(self, tp: i64) -> Self {
         GraphOptions {
             cpu_dots: if tp > 1 { CpuDots::Xla } else { self.cpu_dots },
@@ -380,6 +396,7 @@ impl GraphOptions {
                 f32_weights_from: Some(4096),
                 vector_operand: VectorOperand::Gathered,
                 cpu_dots: CpuDots::Xla,
+                gate_up: Fusion::Checkpoint,
                 ..GraphOptions::cpu()
             },
         }
