@@ -479,7 +479,7 @@ fn f32_matvec_kernel_matches_xla_and_hf() {
     assert_eq!(
         GraphOptions {
             matvec: Matvec::Xla,
-            cpu_dots: CpuDots::Xnnpack,
+            cpu_dots: CpuDots::XnnpackDecode,
             ..GraphOptions::cpu_runtime_for(DType::F32)
         },
         GraphOptions::cpu_for(DType::F32),
