@@ -539,7 +539,9 @@ fn options_are_deduplicated_checked_and_recorded() {
         g["xla_options"]["xla_cpu_experimental_xnn_graph_fusion_mode"]
             == "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL"
     };
-    let r = small(&["--preset", "cpu", "--dtype", "f32", "--tp", "1"]);
+    let f32_cpu_tp1 = ["--preset", "cpu", "--dtype", "f32", "--tp", "1"];
+    let with_dots = |dots: &'static str| [&f32_cpu_tp1[..], &["--cpu-dots", dots]].concat();
+    let r = small(&f32_cpu_tp1);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let m = read_manifest(&tp1);
     assert_eq!(m["options"]["cpu_dots"], "XnnpackDecode");
@@ -549,34 +551,17 @@ fn options_are_deduplicated_checked_and_recorded() {
         assert_eq!(bypass(g), decode, "{}", g["name"]);
         assert_eq!(g.get("xla_options").is_none(), !decode, "{}", g["name"]);
     }
-    let r = small(&[
-        "--preset",
-        "cpu",
-        "--dtype",
-        "f32",
-        "--tp",
-        "1",
-        "--cpu-dots",
-        "xnnpack",
-    ]);
+    let r = small(&with_dots("xnnpack"));
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let m = read_manifest(&tp1);
     assert_eq!(m["options"]["cpu_dots"], "Xnnpack");
     assert!(m["graphs"].as_array().unwrap().iter().all(bypass));
+    let xla_dots = with_dots("xla");
     for args in [
         &["--preset", "cpu", "--dtype", "f32"][..],
         &["--preset", "cpu", "--tp", "1"],
         &["--dtype", "f32", "--tp", "1"],
-        &[
-            "--preset",
-            "cpu",
-            "--dtype",
-            "f32",
-            "--tp",
-            "1",
-            "--cpu-dots",
-            "xla",
-        ],
+        &xla_dots,
     ] {
         let r = small(args);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
