@@ -94,7 +94,7 @@ def read_safetensors(path):
 class OurGraph:
     """One HloModuleProto compiled by the plugin's client; call(...) runs it with donated caches."""
 
-    def __init__(self, client, device, path, spec, xla_options=None):
+    def __init__(self, client, device, path, spec):
         from jax._src.lib import xla_client
         self.spec = spec
         self.name = spec["name"]
@@ -109,8 +109,8 @@ class OurGraph:
         opts = compiler.get_compile_options(num_replicas=1, num_partitions=1, backend=client)
         # The XLA options the graph's manifest entry lists (the f32 cpu preset's XNNPACK dots in
         # token generation), as the phi3 runtime compiles it; the same field jax.jit's
-        # compiler_options fills. `xla_options` overrides them (for experiments).
-        self.xla_options = spec.get("xla_options", {}) if xla_options is None else xla_options
+        # compiler_options fills.
+        self.xla_options = spec.get("xla_options", {})
         opts.env_option_overrides = sorted(self.xla_options.items())
         t0 = time.perf_counter()
         self.exe = client.compile_and_load(self.stablehlo, [device], opts)
