@@ -926,9 +926,9 @@ fn write_report(r: &Value, path: &Path) -> Result<(), String> {
              `xla-cpu-pjrt` plugin, in alternating rounds, after checking that their logits \
              agree. Ours is each graph twice: `xla`, the cpu preset (XLA's own ops only: it runs \
              in any XLA runtime; each graph compiled with the XLA options its manifest entry \
-             lists: in f32, XNNPACK's dots for token generation), and `kernels`, the set `phi3 generate` runs (`--matvec kernel`: \
-             products of up to 8 rows in the runtime's f32 and bf16 kernels, which bench.py \
-             registers with the plugin through `tools/bench-jax/kernels`); each is timed against \
+             lists: in f32, XNNPACK's dots for token generation), and `kernels`, the set \
+             `phi3 generate` runs (`--matvec kernel`: products of up to 8 rows in the runtime's \
+             f32 and bf16 kernels, which bench.py registers with the plugin through `tools/bench-jax/kernels`); each is timed against \
              JAX in rounds of its own. JAX: {}. Ratio = ours ÷ JAX (median of per-round medians; \
              min–max of the per-round ratios).\n\n| phase | batch | dtype | ours | ours ms | JAX ms | ours ÷ JAX | min–max |\n|---|---:|---|---|---:|---:|---:|---|",
             if r["jax"]["jax_xla_options"] == "same" {
