@@ -20,6 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+/// `build-graphs`' allocator, so that `bench build-set` measures a set built as that process
+/// builds it. The execution benchmarks spend their time in the PJRT plugin, whose C++ code
+/// keeps the C library's `malloc`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The marker below which BENCHMARKS.md is hand-written and kept.
 const MARKER: &str =
     "<!-- hand-written analysis below: tools/bench keeps everything from this line on -->";
