@@ -361,10 +361,10 @@ fn graph_options(args: &Args, dtype: DType) -> Result<GraphOptions, String> {
 
 /// The process allocates and frees a few hundred thousand small blocks per graph (the proto's
 /// strings and vectors) on two or more builder threads. mimalloc serves them from per-thread
-/// pages backed by transparent huge pages where the kernel allows them (`madvise` mode, the
-/// default on Debian and Ubuntu): about 200 page faults for the default set instead of
-/// glibc's 5,500 on 4 KiB pages, and a sixth less CPU time, at a higher peak RSS (about
-/// 80 MiB against 26 for the default set). Measured in BENCHMARKS.md.
+/// pages backed by transparent huge pages where the kernel allows them (`enabled` set to
+/// `always` or `madvise`): about 230 page faults for the default set instead of glibc's 5,500
+/// on 4 KiB pages, and 11-16% less CPU time, at a higher peak RSS (77 MiB against 26 for the
+/// default set). Without huge pages it is no faster than glibc. Measured in BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
