@@ -129,10 +129,11 @@ fn batch_one_decode_updates_each_cache_in_place() {
 }
 
 /// `CpuDots::XnnpackDecode` (the f32 cpu preset's at one rank) is a compile option that each
-/// token-generation graph's manifest entry lists and the runtime passes on; the HLO is the same. The plugin runs the dots
-/// themselves through XNNPACK without marking them in the optimised module (BENCHMARKS.md times
-/// them), but the same options also make XNNPACK fusions of the element-wise ops around them,
-/// which it does mark: with the options there are some, without them none.
+/// token-generation graph's manifest entry lists and the runtime passes on; the HLO is the
+/// same. The plugin runs the dots themselves through XNNPACK without marking them in the
+/// optimised module (BENCHMARKS.md times them), but the same options also make XNNPACK fusions
+/// of the element-wise ops around them, which it does mark: with the options there are some,
+/// without them none.
 #[test]
 fn xnnpack_dots_are_a_compile_option_that_reaches_the_compiler() {
     let _ = plugin();

@@ -934,8 +934,8 @@ fn write_report(r: &Value, path: &Path) -> Result<(), String> {
              in any XLA runtime; each graph compiled with the XLA options its manifest entry \
              lists: in f32, XNNPACK's dots for token generation), and `kernels`, the set \
              `phi3 generate` runs (`--matvec kernel`: products of up to 8 rows in the runtime's \
-             f32 and bf16 kernels, which bench.py registers with the plugin through `tools/bench-jax/kernels`); each is timed against \
-             JAX in rounds of its own. JAX: {}. Ratio = ours ÷ JAX (median of per-round medians; \
+             f32 and bf16 kernels, which bench.py registers with the plugin through \
+             `tools/bench-jax/kernels`); each is timed against JAX in rounds of its own. JAX: {}. Ratio = ours ÷ JAX (median of per-round medians; \
              min–max of the per-round ratios).\n\n| phase | batch | dtype | ours | ours ms | JAX ms | ours ÷ JAX | min–max |\n|---|---:|---|---|---:|---:|---:|---|",
             if r["jax"]["jax_xla_options"] == "same" {
                 "compiled with our graph's XLA options too (`--jax-xla-options same`)"
